@@ -225,28 +225,38 @@ def naive_real(bb, prompts, responses) -> int:
 
 
 def bench_real(args) -> list[dict]:
+    """Naive: plain HF fp32 (the default a user gets), batch 1, on every K-th example (same
+    length mix as the whole set). Ours: ``Backbone.embed`` in each of ``--dtypes``, all examples."""
     from distrm.backbones import Backbone
 
     torch.set_num_threads(args.threads) if args.threads else None
     prompts, responses = load_texts(args.n, args.data_dir)
+    k = max(1, args.naive_fraction)
     rows = []
     for name in args.backbones.split(","):
-        bb = Backbone.from_pretrained(name, max_length=args.max_length)
-        dev = bb.device
-        bb.embed(prompts[:4], responses[:4], batch_size=4)  # warm-up
-        t_ours = timed(lambda: rows.append(bb.embed(prompts, responses, batch_size=args.batch_size)), dev)
-        n_ours = rows.pop().n_tokens
-        k = max(4, len(prompts) // args.naive_fraction)
-        out = {}
-        t_naive = timed(lambda: out.setdefault("n", naive_real(bb, prompts[:k], responses[:k])), dev)
-        row = {"backbone": name, "device": str(dev), "dtype": str(bb.dtype).replace("torch.", ""),
-               "threads": torch.get_num_threads(), "n_examples": len(prompts), "batch_size": args.batch_size,
-               "max_length": bb.max_length, "naive_examples": k,
-               "naive_tokens_per_s": round(out["n"] / t_naive, 1), "ours_tokens_per_s": round(n_ours / t_ours, 1),
-               "ours_tokens": n_ours, "ours_seconds": round(t_ours, 2)}
-        row["speedup"] = round(row["ours_tokens_per_s"] / row["naive_tokens_per_s"], 2)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        naive_tps = None
+        for dtype in args.dtypes.split(","):
+            bb = Backbone.from_pretrained(name, max_length=args.max_length, dtype=dtype)
+            dev = bb.device
+            bb.embed(prompts[:4], responses[:4], batch_size=4)  # warm-up
+            if naive_tps is None:
+                if bb.dtype != torch.float32:
+                    raise SystemExit("--dtypes must start with float32 (the naive loop's precision)")
+                t = time.perf_counter()
+                n = naive_real(bb, prompts[::k], responses[::k])
+                naive_tps = n / (time.perf_counter() - t)
+            box = []
+            t_ours = timed(lambda: box.append(bb.embed(prompts, responses, batch_size=args.batch_size)), dev)
+            n_ours = box[0].n_tokens
+            row = {"backbone": name, "device": str(dev), "dtype": str(bb.dtype).replace("torch.", ""),
+                   "threads": torch.get_num_threads(), "n_examples": len(prompts), "batch_size": args.batch_size,
+                   "max_batch_tokens": bb.max_batch_tokens, "max_length": bb.max_length,
+                   "naive_examples": len(prompts[::k]), "naive_dtype": "float32",
+                   "naive_tokens_per_s": round(naive_tps, 1), "ours_tokens_per_s": round(n_ours / t_ours, 1),
+                   "ours_tokens": n_ours, "ours_seconds": round(t_ours, 2)}
+            row["speedup"] = round(row["ours_tokens_per_s"] / row["naive_tokens_per_s"], 2)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
@@ -257,8 +267,8 @@ def table(rows: list[dict]) -> str:
         lines = [[r["arch"], r["path"], r["tokens"], r["seconds"], f"{r['tokens_per_s']:,.0f}", r["tflops"],
                   f"{100 * r['share_of_bf16_peak']:.1f}" if "share_of_bf16_peak" in r else "-"] for r in rows]
     else:
-        head = ["backbone", "device", "naive tok/s", "ours tok/s", "speedup"]
-        lines = [[r["backbone"], r["device"], f"{r['naive_tokens_per_s']:,.0f}", f"{r['ours_tokens_per_s']:,.0f}",
+        head = ["backbone", "device", "naive fp32 tok/s", "ours dtype", "ours tok/s", "speedup"]
+        lines = [[r["backbone"], r["device"], f"{r['naive_tokens_per_s']:,.0f}", r["dtype"], f"{r['ours_tokens_per_s']:,.0f}",
                   f"{r['speedup']}x"] for r in rows]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(out + ["| " + " | ".join(map(str, x)) + " |" for x in lines])
@@ -271,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtypes", default="float32,bfloat16", help="real-weights mode: our precisions (first: float32)")
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     p.add_argument("--naive-fraction", type=int, default=4, help="the naive loop times 1/K of the data (it is slow)")
     p.add_argument("--random-weights", action="store_true", help="from_config architectures, random token ids")

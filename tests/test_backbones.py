@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from distrm.backbones import Backbone, resolve_model_dir
+from distrm.backbones import Backbone, length_batches, parse_dtype, resolve_model_dir
 from distrm.features import extract
 
 PROMPTS = [
@@ -73,10 +73,32 @@ def test_store_features_equal_naive_forward(tmp_path, alias, naive, max_length):
     assert np.abs(feats.reward[0] - feats.reward[1]).max() > 1e-2
 
 
-def test_identity_changes_with_max_length():
+def test_identity_changes_with_max_length_and_dtype():
     a = Backbone.from_pretrained("minilm", device="cpu", max_length=128)
     b = Backbone.from_pretrained("minilm", device="cpu", max_length=256)
+    c = Backbone.from_pretrained("minilm", device="cpu", max_length=128, dtype="bfloat16")
     assert a.identity != b.identity and a.hidden_size == 384
+    assert c.identity == a.identity + "|bfloat16" and c.dtype == torch.bfloat16  # bf16 features never share fp32's cache
+
+
+def test_bf16_features_are_close_to_fp32(tmp_path):
+    """The fast CPU path (AMX bf16) changes features only at bf16 precision."""
+    a = Backbone.from_pretrained("minilm", device="cpu", max_length=64).embed(PROMPTS[:3], RESPONSES[:3])
+    b = Backbone.from_pretrained("minilm", device="cpu", max_length=64, dtype="bf16").embed(PROMPTS[:3], RESPONSES[:3])
+    cos = (a.reward * b.reward).sum(1) / np.linalg.norm(a.reward, axis=1) / np.linalg.norm(b.reward, axis=1)
+    assert cos.min() > 0.99 and np.abs(a.reward - b.reward).max() > 0  # close, and really computed in bf16
+
+
+def test_length_batches_bound_rows_and_padded_tokens():
+    lengths = [5, 300, 7, 120, 6, 310, 8, 9]
+    batches = length_batches(lengths, batch_size=3, max_tokens=400)
+    assert sorted(i for b in batches for i in b) == list(range(8))  # every row exactly once
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 400)
+    assert [lengths[b[0]] for b in batches] == sorted(lengths[b[0]] for b in batches)  # length order
+    assert length_batches(lengths, batch_size=8) == [sorted(range(8), key=lambda i: lengths[i])]
+    with pytest.raises(ValueError, match="unknown dtype"):
+        parse_dtype("int3")
 
 
 def test_unknown_backbone_is_a_clear_error(tmp_path):

@@ -35,6 +35,7 @@ class BackboneConfig:
     max_length: int = 512
     batch_size: int = 32
     device: str | None = None  # default: cuda if available
+    dtype: str | None = None  # None/auto: bf16 on GPU, fp32 on CPU; "bfloat16" on an AMX CPU is ~3x faster
     store: str = ".cache/distrm/features"  # feature store directory
 
 

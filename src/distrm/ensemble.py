@@ -49,6 +49,7 @@ class EnsembleModelConfig:
     model_type: str = MODEL_TYPE
     backbone_identity: str | None = None
     backbone_max_length: int = 512
+    backbone_dtype: str | None = None  # None: the device default (fp32 on CPU, bf16 on GPU)
     training: dict[str, Any] = field(default_factory=dict)  # provenance: hyperparameters, data sizes
     distrm_version: str = __version__
 
@@ -143,15 +144,10 @@ class EnsembleRewardModel:
     @property
     def backbone(self) -> Any:
         if self._backbone is None:
-            from distrm.backbones import Backbone
+            from distrm.backbones import load_for_heads
 
-            self._backbone = Backbone.from_pretrained(self.config.backbone, max_length=self.config.backbone_max_length)
-            ident = self.config.backbone_identity
-            if ident and getattr(self._backbone, "identity", ident) != ident:
-                raise ValueError(
-                    f"backbone {self.config.backbone!r} now has identity {self._backbone.identity!r}, but the heads "
-                    f"were trained on {ident!r}: the features would not match"
-                )
+            c = self.config
+            self._backbone = load_for_heads(c.backbone, c.backbone_max_length, c.backbone_identity, c.backbone_dtype)
         return self._backbone
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 32) -> EnsembleScoreOutput:
@@ -271,7 +267,7 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
     log["timings_s"]["data"] = time.perf_counter() - t0
 
     bc = cfg.backbone
-    backbone = Backbone.from_pretrained(bc.name, device=bc.device, max_length=bc.max_length)
+    backbone = Backbone.from_pretrained(bc.name, device=bc.device, dtype=bc.dtype, max_length=bc.max_length)
     kw = dict(store=bc.store, batch_size=bc.batch_size, progress=cfg.progress)
     t0 = time.perf_counter()
     fc = extract(backbone, [p.prompt for p in pairs], [p.chosen for p in pairs], **kw)
@@ -298,6 +294,7 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
         backbone=bc.name,
         backbone_identity=getattr(backbone, "identity", None),
         backbone_max_length=bc.max_length,
+        backbone_dtype=bc.dtype,
         training={**dataclasses.asdict(ec), "n_pairs": len(pairs)},
     )
     model._backbone = backbone

@@ -52,6 +52,7 @@ class ModelConfig:
     mix: str = "quantile_average"
     backbone_identity: str | None = None
     backbone_max_length: int = 512
+    backbone_dtype: str | None = None  # None: the device default (fp32 on CPU, bf16 on GPU)
     scales: dict[str, list[float]] = field(default_factory=dict)  # attribute -> [low, high]
     distrm_version: str = __version__
 
@@ -183,7 +184,7 @@ class DistributionalRewardModel:
             from distrm.backbones import load_for_heads
 
             c = self.config
-            self._backbone = load_for_heads(c.backbone, c.backbone_max_length, c.backbone_identity)
+            self._backbone = load_for_heads(c.backbone, c.backbone_max_length, c.backbone_identity, c.backbone_dtype)
         return self._backbone
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 32) -> ScoreOutput:

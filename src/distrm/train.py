@@ -187,7 +187,7 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
     log["timings_s"]["data"] = time.perf_counter() - t0
 
     bc = cfg.backbone
-    backbone = Backbone.from_pretrained(bc.name, device=bc.device, max_length=bc.max_length)
+    backbone = Backbone.from_pretrained(bc.name, device=bc.device, dtype=bc.dtype, max_length=bc.max_length)
     kw = dict(store=bc.store, batch_size=bc.batch_size, progress=cfg.progress)
     t0 = time.perf_counter()
     rated_feats = extract(backbone, targets.prompts, targets.responses, **kw)
@@ -226,6 +226,7 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
         mix=cfg.mix,
         backbone_identity=backbone.identity,
         backbone_max_length=bc.max_length,
+        backbone_dtype=bc.dtype,
         scales=targets.scales,
     )
     gate = GatingNetwork(X.shape[1], M, gc.hidden, gc.n_hidden, gc.temperature, gc.dropout) if gc.kind == "learned" else None

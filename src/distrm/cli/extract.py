@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=1024, help="texts per store shard (the unit a killed run resumes at)")
     p.add_argument("--max-length", type=int, default=512, help="tokens; longer inputs are truncated and counted")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16 (fast on AMX CPUs)")
     p.add_argument("--limit", type=int, default=None, help="first N records of each kind (quick runs)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the counts as JSON")
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from distrm.features import extract
 
     main_process = int(os.environ.get("RANK", "0")) == 0
-    bb = Backbone.from_pretrained(args.backbone, device=args.device, max_length=args.max_length)
+    bb = Backbone.from_pretrained(args.backbone, device=args.device, dtype=args.dtype, max_length=args.max_length)
     report = {"backbone": bb.identity, "store": args.store, "data": args.data, "jobs": {}}
     for label, prompts, responses in _jobs(args):
         t0 = time.perf_counter()
