@@ -51,8 +51,8 @@ def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return [(sent(rng.randint(8, 20)) + "?", sent(rng.randint(10, 40))) for _ in range(n)]
 
 
-def build_model(path: Path) -> Path:
-    """Seeded random heads on the real MiniLM backbone (same recipe as the tests)."""
+def build_model(path: Path, dtype: str = "float32") -> Path:
+    """Seeded random heads on the real MiniLM backbone (same recipe as the tests), in ``dtype``."""
     import torch
 
     from distrm.backbones import Backbone
@@ -61,12 +61,13 @@ def build_model(path: Path) -> Path:
     from distrm.gate import GatingNetwork
     from distrm.model import DistributionalRewardModel, ModelConfig
 
-    bb = Backbone.from_pretrained("minilm")
+    bb = Backbone.from_pretrained("minilm", dtype=dtype)
     d = int(torch.as_tensor(extract(bb, ["p"], ["r"], batch_size=1, progress=False).reward).shape[-1])
     g = torch.Generator().manual_seed(0)
     attrs = ["helpfulness", "correctness", "verbosity"]
     cfg = ModelConfig(backbone="minilm", feature_dim=d, attributes=attrs, levels=default_levels(19, torch.float64).tolist(),
-                      gate_hidden=64, gate_n_hidden=2, backbone_identity=getattr(bb, "identity", None))
+                      gate_hidden=64, gate_n_hidden=2, backbone_identity=getattr(bb, "identity", None),
+                      backbone_dtype=None if dtype == "float32" else dtype)
     torch.manual_seed(0)
     gate = GatingNetwork(d, len(attrs), 64, 2)
     gate.train()
@@ -206,6 +207,7 @@ def main() -> int:
     ap.add_argument("--max-requests", type=int, default=5000, help="request cap per mode")
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--batched-max-batch", type=int, default=64)
+    ap.add_argument("--dtype", default="float32", help="backbone precision of the default model (bfloat16: AMX CPUs)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server (0 = torch default); 1 keeps a shared machine usable")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "serve_load.json")
     args = ap.parse_args()
@@ -213,7 +215,7 @@ def main() -> int:
         ap.error("--clients must be in 1..256 and --duration in (0, 120]")
     pairs = make_pairs(512)
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or build_model(Path(tmp) / "model")
+        model = args.model or build_model(Path(tmp) / "model", args.dtype)
         results = [
             run_mode("batched", model, args.batched_max_batch, args, pairs),
             run_mode("unbatched", model, 1, args, pairs),
@@ -234,6 +236,7 @@ def main() -> int:
         "duration_s": args.duration,
         "max_wait_ms": args.max_wait_ms,
         "server_torch_threads": args.threads,
+        "backbone_dtype": args.dtype,
         "endpoint": "/get_reward",
         "model": str(args.model) if args.model else "seeded random heads (3x19) on minilm",
         # which distrm.backbones produced the features (a file path, or a stand-in without one)

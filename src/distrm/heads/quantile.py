@@ -70,9 +70,12 @@ class QuantileHeads:
         alpha: L1 penalty, as sklearn's ``QuantileRegressor(alpha=...)`` (QRM used 0.003).
         fit_intercept: fit an unpenalised intercept per head.
         device: where to solve ("cpu", "cuda", ...). Default: X's device, else CPU.
-        dtype: dtype of the ADMM iteration. Default float64 on CPU, float32 on CUDA (the
-            iteration is memory-bound there; objectives and certificates are summed in
-            float64 either way and the stopping rule is the float64-evaluated gap).
+        dtype: dtype of the feature matmuls (the iteration's cost). Default float32 (CPU and
+            CUDA: twice the float64 matmul rate; the ADMM state, objectives and certificates
+            stay float64 and the stopping rule is the float64-evaluated gap, so the certified
+            result does not depend on it; the dual bound's feasibility check |x_j^T nu| <= alpha
+            is then exact up to float32 rounding, ~1e-7 relative). float64 for a strict proof
+            or ill-conditioned features.
         tol: target relative duality gap per head; fitting stops when every head is
             certified within it, so 1e-3 *proves* objective <= 1.001 x the LP optimum (the
             true gap is typically 5-10x smaller than the certificate).
@@ -196,7 +199,7 @@ class QuantileHeads:
         if M == 0:
             raise ValueError("no attributes to fit")
         dev = torch.device(self.device) if self.device is not None else Xt.device
-        cdt = self.dtype or (torch.float32 if dev.type == "cuda" else torch.float64)
+        cdt = self.dtype or torch.float32
         rows: list[torch.Tensor] = []
         for m in range(M):
             sel = (t.attribute == m) & (w > 0)
@@ -218,11 +221,15 @@ class QuantileHeads:
                 self.coef_[m], self.intercept_[m] = out["coef"][j], out["intercept"][j]
                 self.objective_[m], self.duality_gap_[m] = out["objective"][j].cpu(), out["gap"][j].cpu()
                 self.n_iter_[m] = out["n_iter"]
+        self.n_features_in_ = d
+        self.levels_ = self.levels.clone()
+        if cdt != torch.float64:  # report the float64 objective of the returned heads on X as given
+            lower = self.objective_ * (1 - self.duality_gap_)  # the dual bound found by the solver
+            self.objective_ = self._objective_long(Xt, t, w)
+            self.duality_gap_ = (self.objective_ - lower) / self.objective_.abs().clamp_min(1e-300)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         self.fit_time_s_ = time.perf_counter() - t0
-        self.n_features_in_ = d
-        self.levels_ = self.levels.clone()
         bad = self.duality_gap_ > self.tol
         if bool(bad.any()):
             warnings.warn(
@@ -337,6 +344,11 @@ class QuantileHeads:
         M, K = self.coef_.shape[:2]
         if t.n_attributes != M:
             raise ValueError(f"targets have {t.n_attributes} attributes, the heads {M}")
+        return self._objective_long(Xt, t, w)
+
+    def _objective_long(self, Xt: torch.Tensor, t: LongTargets, w: torch.Tensor) -> torch.Tensor:
+        M, K = self.coef_.shape[:2]
+        Xt = Xt.to(device=self.coef_.device, dtype=torch.float64)
         tau = self.levels_.to(Xt.device)
         out = torch.zeros(M, K, dtype=torch.float64)
         for m in range(M):
@@ -389,9 +401,10 @@ class QuantileHeads:
 
 
 # ---------------------------------------------------------------------- the solver
-def _prox_pinball(v: torch.Tensor, c: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """argmin_z c * rho_tau(z) + (z - v)^2 / 2 (c >= 0)."""
-    return torch.where(v > c * tau, v - c * tau, torch.where(v < c * (tau - 1), v - c * (tau - 1), torch.zeros_like(v)))
+def _prox_pinball(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """argmin_z c * rho_tau(z) + (z - v)^2 / 2 with lo = c (tau - 1), hi = c tau (c >= 0):
+    v shrunk towards 0 by the pinball slopes, i.e. ``v - clamp(v, lo, hi)`` (two fused ops)."""
+    return v - torch.clamp(v, lo, hi)
 
 
 def _dual_bound(
@@ -461,25 +474,35 @@ def _admm(
     best_D = torch.full((B, K), -float("inf"), dtype=f64, device=Xs.device)
     best_beta, best_b = beta.clone(), b.clone()
     ar = _OVER_RELAX
+    padded = bool((mask == 0).any())  # masks cost memory passes: skip them when no row is padding
     it = 0
     gap = torch.full((B, K), float("inf"), dtype=f64, device=Xs.device)
     while it < max_iter:
         it += 1
         check = it % check_every == 0 or it == max_iter
-        vd = (y - zd - ud) * mask
+        vd = y - zd - ud
+        if padded:
+            vd = vd * mask
         vp = -zp - up
         rhs = (Xt @ vd.to(cdt)).double() + s * vp
         beta = (Ainv @ rhs.to(cdt)).double()
         if intercept:
             b = vd.sum(1, keepdim=True) / n_real
-        Axd = ((Xs @ beta.to(cdt)).double() + b) * mask
+        Axd = (Xs @ beta.to(cdt)).double() + b
+        if padded:
+            Axd = Axd * mask
         Axp = s * beta
-        hd = ar * Axd + (1 - ar) * (y - zd) * mask
+        hd = ar * Axd + (1 - ar) * (y - zd)  # zd, y are 0 on padding
         hp = ar * Axp - (1 - ar) * zp
         zd_old, zp_old = zd, zp
-        zd = _prox_pinball((y - hd - ud) * mask, om / rho, tau)
+        c = om / rho
+        zd = _prox_pinball(y - hd - ud, c * (tau - 1), c * tau)
+        if padded:
+            zd = zd * mask
         zp = torch.sign(-hp - up) * ((-hp - up).abs() - pen / (s * rho)).clamp_min(0)
-        ud = ud + (hd + zd - y) * mask
+        ud = ud + hd + zd - y
+        if padded:
+            ud = ud * mask
         up = up + hp + zp
         if not check:
             continue
