@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "report",
     "serve",
     "extract",
+    "finetune",
 ]
 
 

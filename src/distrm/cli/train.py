@@ -39,21 +39,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_score)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from distrm.train import train
-
+def config_from_args(cls, args: argparse.Namespace, default_path: str):
+    """``--config`` (or the embedded default) + ``--set`` + the --output-dir/--data-dir shortcuts;
+    with ``--print-config`` the resolved config is printed (the caller then returns)."""
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
-    cfg = load_config(TrainConfig, args.config or default_config_path(), overrides)
+    cfg = load_config(cls, args.config or default_path, overrides)
     if args.print_config:
         import dataclasses
 
         import yaml
 
         print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from distrm.train import train
+
+    cfg = config_from_args(TrainConfig, args, default_config_path())
+    if args.print_config:
         return 0
     if cfg.model == "ensemble":
         from distrm.ensemble import train_ensemble
