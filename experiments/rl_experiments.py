@@ -76,10 +76,12 @@ def run_conditions(config: str, conditions: dict[str, list[str]], seeds: list[in
 
 
 def risk_experiment(a: argparse.Namespace) -> None:
-    from experiments.rl_common import hh_ensemble, safety_judge
+    from experiments.rl_common import build_hh, build_safety_judge, describe
+    from distrm.hub import load_reward_model
 
-    reward = hh_ensemble()
-    judge = DistributionalRewardFunction(safety_judge(), "mean", name="judge_pku_smollm2", keep_history=False)
+    reward_dir, judge_dir = build_hh(), build_safety_judge()
+    reward = load_reward_model(reward_dir)
+    judge = DistributionalRewardFunction(load_reward_model(judge_dir), "mean", name="judge_pku_smollm2", keep_history=False)
     risk_spec = a.risk
     conditions = {"risk_neutral": ["reward.risk=mean"], "risk_aware": [f"reward.risk={risk_spec}"]}
     common = [
@@ -104,8 +106,8 @@ def risk_experiment(a: argparse.Namespace) -> None:
     step0 = [r["evals"][0] for r in runs.values()]
     out = {
         "experiment": "risk-neutral vs risk-aware RLOO (QRM Fig. 3 setting, CPU-tiny budget)",
-        "reward": "10 Bradley-Terry heads on MiniLM features, HH-RLHF harmless-base pairs (ensemble distribution)",
-        "judge": "Bradley-Terry head on SmolLM2-135M mean-pooled features, PKU-SafeRLHF pairs",
+        "reward": describe(reward_dir) | {"what": "distrm EnsembleRewardModel: 10 BT heads (bootstrap) on MiniLM bf16 features, HH-RLHF harmless-base train pairs"},
+        "judge": describe(judge_dir) | {"what": "distrm EnsembleRewardModel: 5 BT heads on SmolLM2-135M bf16 last-token features, PKU-SafeRLHF pairs (mean)"},
         "risk_aware_measure": risk_spec,
         "settings": vars(a) | {"seeds": a.seeds},
         "reference_policy_step0": {"reward_mean": statistics.fmean(s["reward_mean"] for s in step0), "judge_mean": statistics.fmean(s["judge/judge"] for s in step0)},
@@ -145,9 +147,11 @@ def plot_risk(out: dict, path: Path) -> None:
 
 
 def varkl_experiment(a: argparse.Namespace) -> None:
-    from experiments.rl_common import imdb_ensemble
+    from experiments.rl_common import build_imdb, describe
+    from distrm.hub import load_reward_model
 
-    reward = imdb_ensemble()
+    reward_dir = build_imdb()
+    reward = load_reward_model(reward_dir)
     conditions = {"vanilla": ["kl.weighting=none", f"trainer.beta={a.beta}"],
                   "variance_aware": ["kl.weighting=ratio", f"trainer.beta={a.beta_aware or a.beta}"]}
     common = [
@@ -169,7 +173,7 @@ def varkl_experiment(a: argparse.Namespace) -> None:
     step0 = [r["evals"][0] for r in runs.values()]
     out = {
         "experiment": "vanilla vs variance-weighted-KL RLOO on IMDB prefixes (uncertainty-aware RLHF Fig. 7 setting, CPU-tiny budget)",
-        "reward": "10 logistic sentiment heads on MiniLM features (imdb-sample train rows, bootstrap); reward = ensemble mean",
+        "reward": describe(reward_dir) | {"what": "distrm EnsembleRewardModel: 10 BT heads (bootstrap) on MiniLM bf16 features of (positive > negative) imdb-sample review pairs; reward = ensemble mean"},
         "judge": "VADER compound score of the continuation",
         "settings": vars(a) | {"seeds": a.seeds},
         "reference_policy_step0": {"vader_mean": statistics.fmean(s["judge/vader"] for s in step0)},

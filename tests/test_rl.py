@@ -260,6 +260,34 @@ def test_bon_risk_changes_the_pick() -> None:
         candidate_scores(dist, 3, "mean")
 
 
+def test_bon_paired_bootstrap() -> None:
+    from distrm.rl.bon import paired_bootstrap, pick_outcomes, random_pick_outcomes
+
+    g = torch.Generator().manual_seed(0)
+    pref = 1 + torch.rand(400, 4, generator=g)
+    best, worst = pref.argmax(1), pref.argmin(1)
+    outs = {"mean": pick_outcomes(worst, pref), "same": pick_outcomes(worst, pref), "better": pick_outcomes(best, pref),
+            "random": random_pick_outcomes(pref)}
+    ci = paired_bootstrap(outs, "mean", n_boot=2000)
+    w = ci["mean"]["win"]
+    assert w["value"] == pytest.approx(float((pref.min(1).values > 1.5).double().mean()))
+    assert w["ci"][0] <= w["value"] <= w["ci"][1] and "diff" not in w
+    assert ci["same"]["win"]["diff"] == 0 and ci["same"]["win"]["diff_ci"] == [0.0, 0.0] and ci["same"]["win"]["p_two_sided"] == 1.0
+    b = ci["better"]
+    assert b["win"]["diff_ci"][0] > 0 and b["loss"]["diff_ci"][1] < 0 and b["win"]["p_two_sided"] < 0.01
+    # the random pick's expected win rate lies between the worst and the best pick
+    assert w["value"] < ci["random"]["win"]["value"] < b["win"]["value"]
+    # paired: the CI of the difference is narrower than the two marginal CIs side by side
+    r = ci["random"]["soft_win"]
+    assert r["diff_ci"][1] - r["diff_ci"][0] < (r["ci"][1] - r["ci"][0]) + (ci["mean"]["soft_win"]["ci"][1] - ci["mean"]["soft_win"]["ci"][0])
+    with pytest.raises(ValueError, match="baseline"):
+        paired_bootstrap(outs, "nope")
+    with pytest.raises(ValueError, match="one value per prompt"):
+        paired_bootstrap({"mean": outs["mean"], "short": pick_outcomes(best[:10], pref[:10])}, "mean")
+    with pytest.raises(ValueError, match="every prompt"):
+        pick_outcomes(torch.tensor([0, -1]), pref[:2])
+
+
 @pytest.mark.skipif(not (DATA / "rewardbench-bon").is_dir(), reason="shared rewardbench-bon data not present")
 def test_load_rewardbench_bon_aligned() -> None:
     d = load_rewardbench_bon(DATA / "rewardbench-bon", n_candidates=3, max_prompts=20)
@@ -286,26 +314,87 @@ def _cli(argv: list[str]) -> int:
     return main(argv)
 
 
+def _assert_tail_ordered(rec: dict, where: str) -> None:
+    qs = [rec[f"q{t:.2f}"] for t in (0.05, 0.1, 0.15, 0.2, 0.25)]
+    assert all(q is not None and math.isfinite(q) for q in qs), f"{where}: non-finite tail quantiles {qs}"
+    assert all(a <= b + 1e-12 for a, b in zip(qs, qs[1:])), f"{where}: tail quantiles not non-decreasing {qs}"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "hh-rlhf").is_dir(), reason="shared data not present")
 def test_distrm_rl_rloo_smoke(tmp_path: Path) -> None:
+    """A distrm ensemble trained through the library on real HH-RLHF pairs, saved, loaded by
+    ``distrm rl rloo`` through the hub loader, then 3 real TRL RLOO steps on SmolLM2 + LoRA."""
     pytest.importorskip("trl")
     pytest.importorskip("peft")
-    sys.path.insert(0, str(ROOT))  # experiments.rl_common provides a small real reward model
+    from safetensors.torch import load_file
+
+    from distrm.config import BackboneConfig, DataConfig, EnsembleConfig, TrainConfig
+    from distrm.ensemble import EnsembleRewardModel, train_ensemble
+    from distrm.hub import load_reward_model
+
+    rm = tmp_path / "reward"
+    train_ensemble(TrainConfig(
+        output_dir=str(rm), model="ensemble", progress=False,
+        data=DataConfig(data_dir=str(DATA), rated=[], pairs=["hh-rlhf"], max_rows_per_source=300),
+        backbone=BackboneConfig(name="minilm", dtype="bfloat16", batch_size=64, store=str(tmp_path / "features")),
+        ensemble=EnsembleConfig(n_members=5, bootstrap=True, optimizer="lbfgs"),
+    ))
+    loaded = load_reward_model(rm)
+    assert isinstance(loaded, EnsembleRewardModel) and loaded.config.n_members == 5
+    assert bool((loaded.coef != 0).any())
+
     out = tmp_path / "run"
     rc = _cli([
         "rl", "rloo", "--config", str(ROOT / "configs" / "rl" / "rloo-tiny.yaml"), "--output-dir", str(out),
-        "--reward-model", "experiments.rl_common:hh_ensemble", "--risk", "cvar:alpha=0.25",
-        "--set", "trainer.max_steps=1", "--set", "trainer.max_completion_length=8", "--set", "prompts.n_eval=2",
-        "--set", "eval.judges=[vader]",
+        "--reward-model", str(rm), "--risk", "cvar:alpha=0.25",
+        "--set", "trainer.max_steps=3", "--set", "trainer.max_completion_length=8", "--set", "trainer.learning_rate=1e-3",
+        "--set", "prompts.n_eval=2", "--set", "eval.judges=[vader]", "--set", f"prompts.data_dir={DATA}",
     ])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["steps"] == 1
-    assert [e["step"] for e in m["evals"]] == [0, 1]
-    assert all(f"q{t:.2f}" in m["evals"][-1] for t in (0.05, 0.1, 0.15, 0.2, 0.25))
-    assert m["reward_batches"] and m["reward_batches"][0]["risk"] == "cvar:alpha=0.25"
+    assert m["steps"] == 3
+    assert [e["step"] for e in m["evals"]] == [0, 3]
+
+    # the policy's LoRA adapter moved: every lora_B (PEFT initialises them to zero) and in all
+    # most of the adapter tensors differ from their values before training
+    ch = m["lora_change"]
+    n_b = ch["n_tensors"] // 2
+    assert ch["n_tensors"] > 0 and ch["n_lora_B_changed"] == n_b, ch
+    assert ch["n_changed"] >= n_b and ch["max_abs_change"] > 0 and ch["relative_change"] > 0, ch
+    saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    b_tensors = [v for k, v in saved.items() if "lora_B" in k]
+    assert len(b_tensors) == n_b and all(bool((v != 0).any()) for v in b_tensors)
+
+    # logged reward distribution: every training batch and every held-out eval has a finite
+    # mean and finite, ordered tail quantiles q0.05 <= ... <= q0.25
+    batches = m["reward_batches"]
+    assert len(batches) >= 3 and all(b["risk"] == "cvar:alpha=0.25" for b in batches)
+    for i, b in enumerate(batches):
+        assert b["n_scored"] == b["n"] and math.isfinite(b["dist_mean"]) and math.isfinite(b["risk_mean"])
+        _assert_tail_ordered(b, f"reward batch {i}")
+        assert b["risk_mean"] <= b["dist_mean"] + 1e-9  # CVaR never exceeds the mean
+    for e in m["evals"]:
+        assert math.isfinite(e["reward_mean"])
+        _assert_tail_ordered(e, f"eval at step {e['step']}")
+    # ... and reached the trainer's own log through TRL's log_metric hook
+    logged = [x for x in m["train_log"] if any(k.endswith("/q0.05") for k in x)]
+    assert logged, "no reward quantiles in the trainer log"
     assert any("kl" in x for x in m["train_log"])
+
+
+def test_trainer_args_fix_yaml_number_strings() -> None:
+    trl = pytest.importorskip("trl")
+    from distrm.rl.rloo import trainer_args
+
+    # YAML 1.1 reads 1e-3 as a string; it must reach the optimizer as a float
+    a = trainer_args({"learning_rate": "1e-3", "max_steps": "3", "beta": 0.05}, trl.RLOOConfig)
+    assert a == {"learning_rate": 1e-3, "max_steps": 3, "beta": 0.05}
+    assert isinstance(a["learning_rate"], float) and isinstance(a["max_steps"], int)
+    with pytest.raises(ValueError, match="trainer.learning_rate"):
+        trainer_args({"learning_rate": "fast"}, trl.RLOOConfig)
+    with pytest.raises(ValueError, match="trainer.learnin_rate"):
+        trainer_args({"learnin_rate": 1e-3}, trl.RLOOConfig)
 
 
 def test_hh_dialogue_prompt_parsing() -> None:

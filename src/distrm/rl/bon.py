@@ -147,3 +147,63 @@ def best_of_n_report(dist: RewardDistribution, data: BonData, risks: Sequence[st
         for v in report["by_risk"].values():
             v["metrics"]["agreement_with_mean_pick"] = float((torch.tensor(v["picks"]) == mean_picks).double().mean())
     return report
+
+
+# ---------------------------------------------------------------------------- uncertainty of the rates
+def pick_outcomes(picks: torch.Tensor, preference: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-prompt outcomes of one picking rule (``[P]`` each, float64): ``win`` (judge
+    preference > 1.5), ``loss`` (< 1.5), ``soft_win`` (the judge's win probability)."""
+    if (picks < 0).any():
+        raise ValueError("every prompt needs a pick for paired comparisons")
+    p = preference[torch.arange(preference.shape[0]), picks].double()
+    return {"win": (p > 1.5).double(), "loss": (p < 1.5).double(), "soft_win": p - 1}
+
+
+def random_pick_outcomes(preference: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Expected per-prompt outcomes of a uniformly random pick among the N candidates."""
+    p = preference.double()
+    return {"win": (p > 1.5).double().mean(1), "loss": (p < 1.5).double().mean(1), "soft_win": (p - 1).mean(1)}
+
+
+def paired_bootstrap(
+    outcomes: dict[str, dict[str, torch.Tensor]],
+    baseline: str = "mean",
+    n_boot: int = 10_000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Percentile bootstrap CIs over prompts for each rule's rates, and *paired* CIs for each
+    rule's difference from ``baseline``: every bootstrap draw resamples the same prompts for
+    all rules, so the prompt-to-prompt difficulty cancels in the difference.
+
+    ``outcomes``: rule -> metric -> ``[P]`` per-prompt values (from :func:`pick_outcomes`).
+    Returns rule -> metric -> {value, ci, and for non-baseline rules diff, diff_ci,
+    p_two_sided (bootstrap share of differences on the other side of 0, doubled)}."""
+    if baseline not in outcomes:
+        raise ValueError(f"baseline {baseline!r} is not among the rules {list(outcomes)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    metrics = list(outcomes[baseline])
+    P = outcomes[baseline][metrics[0]].numel()
+    for rule, ms in outcomes.items():
+        for m in metrics:
+            if m not in ms or ms[m].numel() != P:
+                raise ValueError(f"rule {rule!r}: metric {m!r} missing or not one value per prompt ({P})")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, P, (n_boot, P), generator=g)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    out: dict[str, dict[str, Any]] = {}
+    for rule, ms in outcomes.items():
+        out[rule] = {}
+        for m in metrics:
+            v = ms[m].double()
+            boots = v[idx].mean(1)
+            rec: dict[str, Any] = {"value": float(v.mean()), "ci": [float(boots.quantile(lo_q)), float(boots.quantile(hi_q))]}
+            if rule != baseline:
+                d = v - outcomes[baseline][m].double()
+                db = d[idx].mean(1)
+                rec["diff"] = float(d.mean())
+                rec["diff_ci"] = [float(db.quantile(lo_q)), float(db.quantile(hi_q))]
+                rec["p_two_sided"] = float(min(1.0, 2 * min(float((db <= 0).double().mean()), float((db >= 0).double().mean()))))
+            out[rule][m] = rec
+    return out

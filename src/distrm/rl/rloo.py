@@ -73,6 +73,7 @@ class EvalConfig:
     batch_size: int = 16
     judges: list[str] = field(default_factory=list)  # saved distrm model dirs, or "vader"
     save_responses: bool = True
+    save_adapter: bool = True  # the trained LoRA adapter -> <output_dir>/adapter (PEFT format)
 
 
 @dataclass
@@ -251,6 +252,47 @@ def evaluate_policy(
     return summary, rows
 
 
+def trainer_args(raw: dict[str, Any], config_cls: Any) -> dict[str, Any]:
+    """``trainer:`` settings for ``RLOOConfig``, with YAML's strings for numbers fixed: YAML 1.1
+    reads ``1e-3`` (no dot) as the string "1e-3", which would reach the optimizer as a str.
+    A numeric field given a non-numeric string is an error naming the key."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    out = dict(raw)
+    for k, v in raw.items():
+        if k not in fields:
+            raise ValueError(f"trainer.{k}: not an option of {config_cls.__name__}")
+        default = fields[k].default
+        if isinstance(v, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                out[k] = float(v) if isinstance(default, float) or not v.lstrip("-").isdigit() else int(v)
+            except ValueError:
+                raise ValueError(f"trainer.{k}={v!r}: expected a number") from None
+    return out
+
+
+# ---------------------------------------------------------------------------- LoRA bookkeeping
+def lora_snapshot(model: Any) -> dict[str, torch.Tensor]:
+    """Copies of the trainable LoRA tensors (``lora_A`` / ``lora_B``), by parameter name."""
+    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if "lora_" in n and p.requires_grad}
+
+
+def lora_changes(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """How far training moved the adapter: tensors changed, max |delta|, relative norm."""
+    if set(before) != set(after):
+        raise ValueError(f"LoRA parameter sets differ before/after training: {sorted(set(before) ^ set(after))[:4]}")
+    diffs = {n: (after[n] - before[n]) for n in before}
+    changed = [n for n, d in diffs.items() if bool((d != 0).any())]
+    num = math.sqrt(sum(float((d * d).sum()) for d in diffs.values()))
+    den = math.sqrt(sum(float((b * b).sum()) for b in before.values()))
+    return {
+        "n_tensors": len(before),
+        "n_changed": len(changed),
+        "n_lora_B_changed": sum("lora_B" in n for n in changed),
+        "max_abs_change": max((float(d.abs().max()) for d in diffs.values()), default=0.0),
+        "relative_change": num / den if den else float("inf") if num else 0.0,
+    }
+
+
 # ---------------------------------------------------------------------------- the run
 def run_rloo(
     cfg: RLOORunConfig,
@@ -297,7 +339,7 @@ def run_rloo(
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(pdir, dtype=torch.float32)
 
-    targs = dict(cfg.trainer)
+    targs = trainer_args(cfg.trainer, RLOOConfig)
     on_gpu = torch.cuda.is_available()
     targs.setdefault("num_generations", 2)  # RLOO k = 2 (QRM paper)
     targs.setdefault("logging_steps", 1)
@@ -342,11 +384,17 @@ def run_rloo(
                 do_eval(state.global_step)
 
     trainer.add_callback(HeldOutEval())
+    lora_init = lora_snapshot(trainer.model)
+    if not lora_init:
+        raise RuntimeError("the policy has no LoRA parameters: PEFT did not wrap the model")
     if ps.eval:
         do_eval(0)
     trainer.train()
     if ps.eval:
         do_eval(trainer.state.global_step)
+    lora_change = lora_changes(lora_init, lora_snapshot(trainer.model))
+    if cfg.eval.save_adapter:
+        trainer.model.save_pretrained(str(out_dir / "adapter"))
 
     log = [dict(x) for x in trainer.state.log_history]
     train_kl = [x["kl"] for x in log if "kl" in x]
@@ -359,6 +407,7 @@ def run_rloo(
         "steps": trainer.state.global_step,
         "train_log": log,
         "final_train_kl": sum(train_kl[-3:]) / len(train_kl[-3:]) if train_kl else None,
+        "lora_change": lora_change,
         "evals": evals,
         "reward_batches": reward_fn.history,
         "eval_rows": eval_rows,
