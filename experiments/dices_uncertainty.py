@@ -6,8 +6,10 @@ DICES (judge-bench copy in ../shared/data): conversations rated for safety by 69
 individual crowd raters each (Yes = safe, No = unsafe, Unsure). Every rater is a separate
 target (``distrm.data`` loader, scores in [0, 1]). Per dataset:
 
-1. split items by prompt hash (``distrm.data.splits.split``, 20% held out);
-2. MiniLM features through the feature store (frozen);
+1. split items by prompt hash (``distrm.data.splits.split``, 20% held out: the same held-out
+   items as ``distrm eval calibration`` and ``benchmarks/table1.py``);
+2. MiniLM features through ``distrm.backbones`` and the on-disk feature store (frozen; the
+   same store and backbone identity as table1, so its DICES features are reused);
 3. ``BootstrapQuantileHeads``: B QuantileHeads fits (19 levels, L1 alpha as QRM) on
    bootstrap resamples of the training *items*;
 4. on held-out items, the law-of-total-variance split per item,
@@ -67,39 +69,22 @@ def main() -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--backbone", default="minilm")
     ap.add_argument("--store", default=".cache/distrm/features")
+    ap.add_argument("--dtype", default=None, help="backbone.dtype (bfloat16 for SmolLM2 on CPU, as table1)")
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--n-boot", type=int, default=10)
     ap.add_argument("--alpha", type=float, default=0.003)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    torch.set_num_threads(2)
-    try:  # data through the project registry and split when present
-        from distrm.data import registry
-        from distrm.data.splits import split
+    from distrm.backbones import Backbone
+    from distrm.data import registry
+    from distrm.data.splits import split
+    from distrm.features import extract
 
-        load_rated = registry.load_rated
-        data_path = "registry"
-    except ImportError:
-        import ensemble_fallback as fb
-
-        split, load_rated, data_path = fb.split, fb.load_dices, "fallback"
-    try:  # features through the project backbone and feature store when present
-        from distrm.backbones import Backbone
-        from distrm.features import extract
-
-        bb = Backbone.from_pretrained(args.backbone)
-        feat_path = "feature store"
-    except ImportError as e:
-        import ensemble_fallback as fb
-
-        print(f"features: falling back to experiments/ensemble_fallback.py ({e})", flush=True)
-        bb, feat_path = fb.MiniLM(), f"fallback MiniLM ({e})"
-
-        def extract(backbone, prompts, responses, **_):
-            return backbone.extract(prompts, responses)
-
-    pipeline = f"data: {data_path}; features: {feat_path}"
+    load_rated = registry.load_rated
+    # the same backbone settings (identity) as benchmarks/table1.py: its DICES features are reused
+    bb = Backbone.from_pretrained(args.backbone, max_length=512, dtype=args.dtype)
+    pipeline = "distrm.data.registry + distrm.data.splits; distrm.backbones + distrm.features store; distrm.heads.ensemble.BootstrapQuantileHeads"
     result: dict = {
         "pipeline": pipeline,
         "backbone": args.backbone,
@@ -111,13 +96,13 @@ def main() -> int:
     }
     for name in args.datasets.split(","):
         t_start = time.perf_counter()
-        loaded = load_rated(name, args.data_dir)
+        loaded = load_rated(name, data_dir=args.data_dir)
         recs = loaded.records
         train, test = split(recs, "train", test_fraction=args.test_fraction), split(recs, "test", test_fraction=args.test_fraction)
         tt = build_targets(train)
         attrs = tt.attributes
         print(f"{name}: {len(train)} train / {len(test)} held-out items, {len(tt.y)} training targets, attributes {attrs}", flush=True)
-        kw = dict(store=args.store, batch_size=64, progress=False)
+        kw = dict(store=args.store, batch_size=16, progress=True)
         X = torch.as_tensor(np.asarray(extract(bb, tt.prompts, tt.responses, **kw).reward)).double()
         Xt = torch.as_tensor(np.asarray(extract(bb, [r.prompt for r in test], [r.response for r in test], **kw).reward)).double()
         t0 = time.perf_counter()

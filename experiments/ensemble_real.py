@@ -1,22 +1,25 @@
-"""Ensemble reward model on the real shared preference data with MiniLM features.
+"""Ensemble reward model on the real shared preference data with frozen backbone features.
 
     PYTHONPATH=src python experiments/ensemble_real.py [--out experiments/results/ensemble_real.json]
 
-Data: the default training sets of ``distrm.data.registry`` (the same ones ``distrm train``
-uses), split by prompt hash (``distrm.data.splits.split``, test_fraction 0.2): train on
-the train split, report on the held-out split. Features: the MiniLM backbone through the
-on-disk feature store (``distrm.features.extract``), frozen.
+Same data, caps, backbone and feature store as ``benchmarks/table1.py`` (so no feature is
+computed twice): training pairs = ``distrm.train.load_training_data`` of the ensemble
+config (``src/distrm/configs/ensemble-minilm.yaml``) with ``data.max_rows_per_source``
+capped as table1; evaluation = every shared preference set through
+``distrm.eval.pairs`` (held-out split for sets used in training, LLMBar / Auto-J whole,
+the same seeded per-set sample as table1). Features: ``distrm.backbones`` +
+``distrm.features.extract`` on the on-disk store. Heads: ``distrm.heads.ensemble``.
 
-Variants (each 10 linear BT heads, one pass, summed loss):
+Variants (each 10 linear BT heads, one pass, summed loss, hyperparameters from the config):
   paper      -- independent random init, Adam mini-batches, no bootstrap (the paper's recipe
-                on a frozen backbone);
+                on a frozen backbone; what ``distrm train`` with ``model: ensemble`` fits);
   bootstrap  -- the same plus a bootstrap resample of the pairs per member;
   single     -- one head fit first (L-BFGS), the 10 heads attached at it, then trained.
 Reference: one BT head fit to convergence (``BTHead``, L-BFGS).
 
-Reports per variant: held-out accuracy of the ensemble mean per dataset, every member's
-accuracy, how different the members are, and Figure 6 (per-pair member variance of the
-chosen reward and of the margin, per dataset) as a PNG next to the JSON.
+Reports per variant: held-out accuracy of the ensemble mean per set and per section, every
+member's accuracy, how different the members are, and Figure 6 (per-pair member variance
+of the chosen reward and of the margin, per section) as a PNG next to the JSON.
 """
 
 from __future__ import annotations
@@ -31,16 +34,24 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from distrm.backbones import Backbone  # noqa: E402
 from distrm.disagreement import ensemble_disagreement  # noqa: E402
 from distrm.ensemble import EnsembleRewardModel, evaluate_pairs, member_diversity  # noqa: E402
+from distrm.eval import pairs as pe  # noqa: E402
+from distrm.features import extract  # noqa: E402
 from distrm.heads.baselines import BTHead  # noqa: E402
 from distrm.heads.ensemble import BTEnsembleHeads  # noqa: E402
+from distrm.train import load_training_data  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import table1  # noqa: E402
 
 VARIANTS = {
     "paper": dict(bootstrap=False, init="random"),
     "bootstrap": dict(bootstrap=True, init="random"),
     "single": dict(bootstrap=False, init="single_head"),
 }
+SECTION_ORDER = ["Chat", "Chat Hard", "Safety"]
 
 
 def main() -> int:
@@ -48,50 +59,30 @@ def main() -> int:
     ap.add_argument("--out", default="experiments/results/ensemble_real.json")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--backbone", default="minilm")
+    ap.add_argument("--dtype", default=None, help="backbone.dtype (bfloat16 for SmolLM2 on CPU, as table1)")
     ap.add_argument("--store", default=".cache/distrm/features")
-    ap.add_argument("--test-fraction", type=float, default=0.2)
-    ap.add_argument("--n-members", type=int, default=10)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--l2", type=float, default=1e-3)
-    ap.add_argument("--init-std", type=float, default=0.05)
+    ap.add_argument("--max-train-rows", type=int, default=300, help="data.max_rows_per_source (table1's cap)")
+    ap.add_argument("--max-eval-pairs", type=int, default=200, help="per evaluation set (table1's cap, same seeded sample)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
 
-    torch.set_num_threads(2)
     t_start = time.perf_counter()
-    try:  # data through the project registry and split when present
-        from distrm.data import registry
-        from distrm.data.splits import split
+    # table1's own config builder: the ensemble config with table1's caps, store and dtype
+    targs = argparse.Namespace(store=args.store, batch_size=16, runs="runs/table1", max_train_rows=args.max_train_rows,
+                               gate_epochs=None, data_dir=args.data_dir, dtype=args.dtype)  # fmt: skip
+    cfg = table1._cfg(targs, args.backbone, "ensemble", args.seed)
+    ec = cfg.ensemble
+    _, train, reports = load_training_data(cfg)
+    srcs = {p.source for p in train}
+    psets = [pe.cap_pairs(pe.load_shared_set(n, args.data_dir, srcs, cfg.data.test_fraction), args.max_eval_pairs) for n in pe.SHARED_PAIR_SETS]
+    test = [p for ps in psets for p in ps.pairs]
+    set_of = [ps.name for ps in psets for _ in ps.pairs]
+    sections = [pe.section_of(pe.subset_name(p, s), "plain") for p, s in zip(test, set_of)]
+    print(f"pairs: {len(train)} train, {len(test)} held-out over {[ps.name for ps in psets]}", flush=True)
 
-        _, pairs, reports = registry.load_default_training_data(args.data_dir)
-        data_path = "registry.load_default_training_data"
-    except ImportError:
-        import ensemble_fallback as fb
-
-        pairs, reports, split, data_path = fb.load_pairs(args.data_dir), {}, fb.split, "fallback"
-    try:  # features through the project backbone and feature store when present
-        from distrm.backbones import Backbone
-        from distrm.features import extract
-
-        bb = Backbone.from_pretrained(args.backbone)
-        feat_path = "feature store"
-    except ImportError as e:
-        import ensemble_fallback as fb
-
-        print(f"features: falling back to experiments/ensemble_fallback.py ({e})", flush=True)
-        bb, feat_path = fb.MiniLM(), f"fallback MiniLM ({e})"
-
-        def extract(backbone, prompts, responses, **_):
-            return backbone.extract(prompts, responses)
-
-    pipeline = f"data: {data_path}; features: {feat_path}"
-    train = split(pairs, "train", test_fraction=args.test_fraction)
-    test = split(pairs, "test", test_fraction=args.test_fraction)
-    print(f"pairs: {len(train)} train, {len(test)} held-out over {sorted({p.source for p in pairs})}", flush=True)
-
-    kw = dict(store=args.store, batch_size=64, progress=False)
+    bb = Backbone.from_pretrained(args.backbone, max_length=cfg.backbone.max_length, dtype=cfg.backbone.dtype)
+    kw = dict(store=args.store, batch_size=16, progress=True)
 
     def feats(ps):
         c = extract(bb, [p.prompt for p in ps], [p.chosen for p in ps], **kw)
@@ -103,28 +94,34 @@ def main() -> int:
     Tc, Tr = feats(test)
     t_feat = time.perf_counter() - t0
     print(f"features: {tuple(Xc.shape)} train, {tuple(Tc.shape)} held-out in {t_feat:.0f}s", flush=True)
+    # evaluate_pairs groups by p.source; label the held-out pairs by section for the per-section numbers
+    by_section = [type(p)(p.prompt, p.chosen, p.rejected, sec, p.id, subset=p.subset) for p, sec in zip(test, sections)]
 
     out_path = Path(args.out)
     result: dict = {
-        "pipeline": pipeline,
+        "pipeline": "distrm.train.load_training_data + distrm.eval.pairs sets; distrm.backbones + distrm.features store; distrm.heads.ensemble",
         "backbone": args.backbone,
         "backbone_identity": getattr(bb, "identity", None),
         "data": {
             "train_pairs": len(train),
             "heldout_pairs": len(test),
-            "heldout_by_source": {s: sum(p.source == s for p in test) for s in sorted({p.source for p in test})},
-            "test_fraction": args.test_fraction,
+            "heldout_by_set": {ps.name: {"n": len(ps.pairs), "split": ps.split, "report": ps.report} for ps in psets},
+            "heldout_by_section": {s: sections.count(s) for s in SECTION_ORDER},
+            "test_fraction": cfg.data.test_fraction,
+            "max_rows_per_source": args.max_train_rows,
+            "max_eval_pairs": args.max_eval_pairs,
         },
-        "hyperparameters": {k: getattr(args, k) for k in ("n_members", "epochs", "lr", "l2", "init_std", "seed")},
+        "hyperparameters": {**{k: getattr(ec, k) for k in ("n_members", "epochs", "lr", "l2", "init_std", "batch_size", "optimizer")}, "seed": args.seed},
         "timings_s": {"features": round(t_feat, 1)},
         "variants": {},
     }
 
     t0 = time.perf_counter()
-    single = BTHead(l2=args.l2, max_iter=500).fit(Xc, Xr)
+    single = BTHead(l2=ec.l2, max_iter=500).fit(Xc, Xr)
     ref_ens = EnsembleRewardModel.from_heads(type("H", (), {"coef_": single.coef_[None]})(), backbone=args.backbone)
     result["reference_single_bt_lbfgs"] = {
         "heldout": evaluate_pairs(ref_ens, test, (Tc, Tr)),
+        "heldout_by_section": evaluate_pairs(ref_ens, by_section, (Tc, Tr))["by_source"],
         "train_accuracy": single.train_accuracy_,
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -133,12 +130,14 @@ def main() -> int:
     for name in args.variants.split(","):
         t0 = time.perf_counter()
         heads = BTEnsembleHeads(
-            n_members=args.n_members, l2=args.l2, lr=args.lr, epochs=args.epochs, init_std=args.init_std,
-            seed=args.seed, **VARIANTS[name],
+            n_members=ec.n_members, l2=ec.l2, lr=ec.lr, epochs=ec.epochs, init_std=ec.init_std, batch_size=ec.batch_size,
+            optimizer=ec.optimizer, seed=args.seed, **VARIANTS[name],
         ).fit(Xc, Xr)
         secs = time.perf_counter() - t0
         model = EnsembleRewardModel.from_heads(heads, backbone=args.backbone, backbone_identity=result["backbone_identity"])
         ev = evaluate_pairs(model, test, (Tc, Tr))
+        ev["by_section"] = evaluate_pairs(model, by_section, (Tc, Tr))["by_source"]
+        ev["section_mean_accuracy"] = float(np.mean([v["accuracy"] for v in ev["by_section"].values()]))
         mc, mr = model.member_rewards(Tc), model.member_rewards(Tr)
         W = heads.coef_
         cos = torch.nn.functional.normalize(W, dim=1) @ torch.nn.functional.normalize(W, dim=1).T
@@ -149,9 +148,9 @@ def main() -> int:
             ix = [i for i, p in enumerate(test) if p.source == s]
             per_src[s] = ((mc[ix] > mr[ix]).double().mean(0)).tolist()
         fig = ensemble_disagreement(
-            mc.numpy(), mr.numpy(), [p.source for p in test],
+            mc.numpy(), mr.numpy(), sections, section_order=SECTION_ORDER,
             png_path=out_path.with_name(f"{out_path.stem}_fig6_{name}.png"),
-            title=f"{args.n_members} BT heads on frozen {args.backbone} ({name}): held-out pairs",
+            title=f"{ec.n_members} BT heads on frozen {args.backbone} ({name}): held-out pairs",
         )
         result["variants"][name] = {
             "settings": VARIANTS[name],
@@ -170,7 +169,7 @@ def main() -> int:
         print(
             f"[{name}] held-out mean acc {acc:.4f}; members {min(ev['member_accuracy']):.4f}..{max(ev['member_accuracy']):.4f}; "
             f"weight cos mean {float(cos[off].mean()):.4f}; per source "
-            + ", ".join(f"{s}={v['accuracy']:.3f}" for s, v in ev["by_source"].items()),
+            + ", ".join(f"{s}={v['accuracy']:.3f}" for s, v in ev["by_section"].items()),
             flush=True,
         )
     result["timings_s"]["total"] = round(time.perf_counter() - t_start, 1)

@@ -129,3 +129,27 @@ def test_select_attribute_drops_unknown():
 def test_metrics_reject_empty_raters():
     with pytest.raises(ValueError):
         crps(point_mass(0.0), [[]])
+
+
+def test_multi_rater_items_count_what_is_left_out():
+    from distrm.data.records import RatedResponse
+    from distrm.eval.calibration import multi_rater_items
+
+    recs = [
+        RatedResponse("p", "r1", {"a": [0.1, 0.5, 0.9], "b": 0.4}, "s", "1"),  # b: one rater
+        RatedResponse("p", "r2", {"a": [0.2, float("nan")]}, "s", "2"),  # one real rater after NaN
+        RatedResponse("p", "r3", {"a": [0.0, 1.0]}, "s", "3"),
+    ]
+    items, skipped = multi_rater_items(recs, min_raters=2)
+    assert items.responses == ["r1", "r3"] and items.raters[1] == [0.0, 1.0]
+    assert skipped == {"fewer than 2 raters": 2}
+
+
+def test_calibration_unknown_set_and_no_items_are_clear_errors(tmp_path, capsys):
+    from distrm.cli import main
+    from distrm.eval.calibration import load_items
+
+    with pytest.raises(FileNotFoundError, match="not a dataset name"):
+        load_items(["dices-9999"], None, 0.2, log=lambda s: None)
+    rc = main(["eval", "calibration", "--model", str(tmp_path / "no-model"), "--output-dir", str(tmp_path / "o")])
+    assert rc != 0 and "no-model" in capsys.readouterr().err

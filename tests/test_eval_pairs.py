@@ -91,3 +91,60 @@ def test_load_rewardbench_file(tmp_path, fmt):
     assert len(ps.pairs) == 2
     assert ps.report["skipped"] == {"missing/non-text chosen": 1}
     assert detect_weighting(pp.subset for pp in ps.pairs) == "rewardbench"
+
+
+def test_malformed_rewardbench_file_errors_with_counts(tmp_path):
+    # a broken JSON line: the error names the file and the line
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q2", "chosen": \n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid JSON"):
+        load_rewardbench_file(str(p))
+    # rows of several wrong kinds: each skip reason counted; nothing usable -> error with the counts
+    rows = [[1, 2], {"prompt": "q", "chosen": 3, "rejected": "b"}, {"prompt": "q", "rejected": "b"}, {"chosen": "a", "rejected": "b"}]
+    q = tmp_path / "none.json"
+    q.write_text(json.dumps(rows))
+    with pytest.raises(ValueError) as e:
+        load_rewardbench_file(str(q))
+    msg = str(e.value)
+    assert "'not an object': 1" in msg and "'missing/non-text chosen': 2" in msg and "'missing/non-text prompt': 1" in msg
+    # the same rows next to one good row: loaded, and the skips are reported, not dropped silently
+    q.write_text(json.dumps(rows + [{"prompt": "q", "chosen": "a", "rejected": "b", "subset": "s"}]))
+    ps = load_rewardbench_file(str(q))
+    assert len(ps.pairs) == 1 and ps.report["rows_read"] == 5
+    assert ps.report["skipped"] == {"not an object": 1, "missing/non-text chosen": 2, "missing/non-text prompt": 1}
+
+
+def test_missing_file_and_cli_error(tmp_path, capsys):
+    from distrm.cli import main
+
+    with pytest.raises(FileNotFoundError):
+        load_rewardbench_file(str(tmp_path / "nope.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q", "chosen": "a"}\n')
+    rc = main(["eval", "pairs", "--sets", "none", "--file", str(bad), "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "missing/non-text rejected': 1" in err
+    assert not (tmp_path / "o" / "pairs.json").exists()
+
+
+def test_eval_sets_cover_every_shared_set():
+    """Every registered preference set is in `eval pairs`' default list, every multi-rater
+    set in `eval calibration`'s (single-rater sets are named, so a new set cannot be missed)."""
+    from distrm.data import registry
+    from distrm.eval.calibration import CALIBRATION_SETS
+    from distrm.eval.pairs import SHARED_PAIR_SETS, section_of, subset_name
+
+    pair_sets = {registry.get(n).name for n in SHARED_PAIR_SETS}
+    want_pairs = {d.name for d in registry.DATASETS.values() if "pairs" in d.kinds and d.subset is None}
+    assert pair_sets == want_pairs
+    single_rater = {"ultrafeedback", "pku-saferlhf", "helpsteer2-fixture"}
+    cal_sets = {registry.get(n).name for n in CALIBRATION_SETS.values()}
+    want_cal = {d.name for d in registry.DATASETS.values() if "rated" in d.kinds} - single_rater
+    assert cal_sets == want_cal
+    # sections of the shared sets: LLMBar = Chat Hard, HH-RLHF + PKU = Safety, the rest Chat
+    want = {"llmbar": "Chat Hard", "hh-rlhf": "Safety", "pku-saferlhf": "Safety", "ultrafeedback": "Chat", "orca": "Chat", "autoj": "Chat"}
+    for name in SHARED_PAIR_SETS:
+        p = PreferencePair("p", "a", "b", registry.get(name).name, "1")
+        assert section_of(subset_name(p, name), "plain") == want[registry.get(name).name], name
+    for sub in ("llmbar-natural", "llmbar-adver-GPTOut", "ultrafeedback-train", "ultrafeedback-eval", "orca-dpo-pairs"):
+        assert section_of(sub, "plain") in ("Chat Hard", "Chat")

@@ -86,6 +86,7 @@ def test_run_pairs_and_report(tmp_path, monkeypatch):
     assert html.count("data:image/png;base64,") >= 3 + 1 + 2  # examples, bars, reliability + scatter
     assert "RewardBench weighting" in html and "cvar:alpha=0.1" in html
     assert not re.search(r"src=['\"](?!data:)", html)  # self-contained: no external images
+    assert "Variance per section" in html
     (tmp_path / "r.html").write_text(html)
     if find_chromium():
         png = screenshot(tmp_path / "r.html", tmp_path / "r.png", height=900)
@@ -114,3 +115,31 @@ def test_cli_registers_eval_and_report():
     assert a.func.__name__ == "run_pairs_cmd" and a.risk == ["cvar:alpha=0.1"]
     a = parser.parse_args(["report", "a.json", "-o", "r.html"])
     assert a.func.__name__ == "run_report"
+
+
+def test_ensemble_variance_per_section_in_pairs_json_and_report(tmp_path, monkeypatch):
+    """An ensemble's per-pair member variances (chosen and margin) per section, equal to a
+    hand computation, and their histograms in the report."""
+    from types import SimpleNamespace
+
+    from distrm.ensemble import EnsembleRewardModel
+
+    monkeypatch.setattr(common, "features", fake_features)
+    W = torch.as_tensor(np.random.default_rng(1).normal(size=(5, D)))
+    EnsembleRewardModel.from_heads(SimpleNamespace(coef_=W)).save_pretrained(tmp_path / "ens")
+    rows = [{"prompt": f"q{i}", "chosen": "x" * (5 + i), "rejected": "y" * 7, "subset": s, "id": i}
+            for i, s in enumerate(["alpacaeval-easy"] * 5 + ["refusals-dangerous"] * 4)]  # fmt: skip
+    f = tmp_path / "rb.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    res = run_pairs([str(tmp_path / "ens")], sets=[], files=[str(f)], n_examples=0, log=lambda s: None)
+    (v,) = res["variance"].values()
+    assert v["kind"] == "ensemble" and v["sections"] == ["Chat"] * 5 + ["Safety"] * 4
+    Xc, _ = fake_features(None, [r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    Xr, _ = fake_features(None, [r["prompt"] for r in rows], [r["rejected"] for r in rows])
+    C, R = (Xc @ W.T).numpy(), (Xr @ W.T).numpy()
+    assert np.allclose(v["var_chosen"], C.var(1, ddof=1), rtol=1e-6)
+    assert np.allclose(v["var_margin"], (C - R).var(1, ddof=1), rtol=1e-6)
+    assert v["summary"]["Safety"]["n"] == 4
+    assert v["summary"]["Safety"]["var_margin"]["mean"] == pytest.approx((C - R)[5:].var(1, ddof=1).mean(), rel=1e-6)
+    html = build_report([common.write_json(tmp_path / "pairs.json", res)])
+    assert "Variance per section" in html and "mean var (margin)" in html and "members split on the sign" in html

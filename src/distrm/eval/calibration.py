@@ -27,13 +27,16 @@ from distrm.data.records import RatedResponse
 from distrm.distribution import RewardDistribution, default_levels
 from distrm.eval.metrics import calibration_metrics
 
-# shared multi-rater sets: (display name, registry name)
+# every shared set with several raters per item: (display name, registry name). The other
+# rated sets (UltraFeedback overall, PKU is_safe, the HelpSteer2 fixture) have one score per
+# item, so there is no rater distribution to calibrate against.
 CALIBRATION_SETS: dict[str, str] = {
     "dices-990": "dices-990",
     "dices-350": "dices-350",
-    "prometheus-mt-bench": "prometheus-mt-bench",
+    "prometheus-mt-bench": "prometheus-mtbench",
     "prometheus-vicuna": "prometheus-vicuna",
     "newsroom": "newsroom",
+    "recipes": "recipes",
     "convabuse": "convabuse",
 }
 

@@ -190,7 +190,12 @@ def load_rewardbench_file(path_or_hub: str, split: str = "filtered") -> PairSet:
             text = p.read_text(encoding="utf-8")
             try:
                 obj = json.loads(text)
-                rows = obj if isinstance(obj, list) else obj.get("data", obj.get("rows", []))
+                if isinstance(obj, list):
+                    rows = obj
+                elif isinstance(obj, dict) and isinstance(obj.get("data", obj.get("rows")), list):
+                    rows = obj.get("data", obj.get("rows"))
+                else:  # one JSON value: a one-line JSONL file (or a single row)
+                    rows = [obj]
             except json.JSONDecodeError:
                 rows = []
                 for ln, line in enumerate(text.splitlines(), 1):
@@ -213,6 +218,9 @@ def load_rewardbench_file(path_or_hub: str, split: str = "filtered") -> PairSet:
         name = path_or_hub.split("/")[-1]
     pairs, skipped = [], {}
     for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            skipped["not an object"] = skipped.get("not an object", 0) + 1
+            continue
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(r.get(k), str)]
         if missing:
             skipped[f"missing/non-text {','.join(missing)}"] = skipped.get(f"missing/non-text {','.join(missing)}", 0) + 1
@@ -221,7 +229,7 @@ def load_rewardbench_file(path_or_hub: str, split: str = "filtered") -> PairSet:
             PreferencePair(r["prompt"], r["chosen"], r["rejected"], source=name, id=str(r.get("id", i)), subset=r.get("subset") or name)
         )
     if not pairs:
-        raise ValueError(f"{path_or_hub}: no rows with text prompt/chosen/rejected (skipped: {skipped})")
+        raise ValueError(f"{path_or_hub}: no rows with text prompt/chosen/rejected among {len(rows)} read (skipped: {skipped})")
     return PairSet(name, pairs, "all", {"rows_read": len(rows), "skipped": skipped})
 
 
@@ -353,6 +361,38 @@ def pick_examples(
     return out
 
 
+def variance_payload(chosen: RewardDistribution, rejected: RewardDistribution, sections: Sequence[str]) -> dict[str, Any]:
+    """Per-pair variances for the report's histograms, with per-section summaries.
+
+    Ensembles (the uncertainty-aware paper's Figure 6): sample variance (ddof=1) across
+    members of the chosen reward and of the chosen-minus-rejected margin
+    (:func:`distrm.disagreement.ensemble_disagreement`). Quantile models: the variance of
+    the predicted chosen-reward distribution (``var_margin`` is None: the model has no
+    joint distribution of the two rewards)."""
+    if chosen.kind == "ensemble":
+        from distrm.disagreement import ensemble_disagreement
+
+        C, R = chosen.values.double().cpu().numpy(), rejected.values.double().cpu().numpy()
+        stats = ensemble_disagreement(C, R, list(sections))
+        var_c, var_m = C.var(axis=1, ddof=1), (C - R).var(axis=1, ddof=1)
+        what = "sample variance across ensemble members (epistemic)"
+    else:
+        var_c, var_m = chosen.variance().double().cpu().numpy(), None
+        stats = {"sections": {}}
+        for sec in sorted(set(sections)):
+            v = var_c[np.array([x == sec for x in sections])]
+            stats["sections"][sec] = {"n": int(v.size), "var_chosen": {"mean": float(v.mean()), "median": float(np.median(v))}}
+        what = "variance of the predicted reward distribution"
+    return {
+        "kind": chosen.kind,
+        "what": what,
+        "sections": list(sections),
+        "var_chosen": np.asarray(var_c, float).round(8).tolist(),
+        "var_margin": None if var_m is None else np.asarray(var_m, float).round(8).tolist(),
+        "summary": stats["sections"],
+    }
+
+
 def prompt_overlap(pairs: Sequence[PreferencePair], train_hashes: set[str]) -> int:
     """How many evaluation pairs share a prompt with the training data (should be 0)."""
     return sum(prompt_hash(p.prompt) in train_hashes for p in pairs)
@@ -447,6 +487,7 @@ def run_pairs(
     prompts = [p.prompt for p in pairs]
     rows: list[dict[str, Any]] = []
     examples: dict[str, list] = {}
+    variances: dict[str, dict[str, Any]] = {}
     for path, model in loaded_models:
         label = common.model_label(model, path)
         out_c = common.score(model, prompts, [p.chosen for p in pairs], store, batch_size)
@@ -456,6 +497,7 @@ def run_pairs(
             res = summarize(evaluate_scores(pairs, set_names, sc, sr), w)
             rows.append({"name": f"{label} [{spec}]", "model": str(path), "risk": spec, "result": res})
         examples[label] = pick_examples(pairs, out_c, out_r, set_names, n_examples)
+        variances[label] = variance_payload(out_c.reward, out_r.reward, [section_of(s, w) or s for s in subsets])
     if length_row:
         lc = length_scores(prompts, [p.chosen for p in pairs])
         lr = length_scores(prompts, [p.rejected for p in pairs])
@@ -470,4 +512,5 @@ def run_pairs(
         },
         "rows": rows,
         "examples": examples,
+        "variance": variances,
     }

@@ -205,6 +205,8 @@ def pairs_section(res: dict[str, Any]) -> str:
             )
             + "</p>"
         )
+    for label, v in (res.get("variance") or {}).items():
+        parts.append(variance_section(label, v))
     for label, exs in (res.get("examples") or {}).items():
         if not exs:
             continue
@@ -219,6 +221,46 @@ def pairs_section(res: dict[str, Any]) -> str:
                 f"<img src='{example_figure(ex)}'>"
             )
     return "".join(parts)
+
+
+def variance_section(label: str, v: dict[str, Any]) -> str:
+    """Histograms of the per-pair variance, one column per section: for an ensemble the
+    member variance of the chosen reward and of the margin (the uncertainty-aware paper's
+    Figure 6), for a quantile model the variance of the chosen-reward distribution."""
+    plt = _plt()
+    secs = [s for s in dict.fromkeys(v["sections"])]
+    labels = np.asarray(v["sections"], dtype=object)
+    rows = [("chosen reward", np.asarray(v["var_chosen"], float), "#3b6ea5")]
+    if v.get("var_margin") is not None:
+        rows.append(("margin chosen - rejected", np.asarray(v["var_margin"], float), "#c2553a"))
+    fig, axes = plt.subplots(len(rows), len(secs), figsize=(3.3 * len(secs) + 0.6, 2.7 * len(rows)), squeeze=False)
+    for r, (name, vals, color) in enumerate(rows):
+        hi = float(np.quantile(vals, 0.99)) if vals.size else 1.0
+        bins = np.linspace(0.0, hi if hi > 0 else 1.0, 31)
+        for c, sec in enumerate(secs):
+            ax = axes[r, c]
+            x = vals[labels == sec]
+            ax.hist(np.clip(x, None, bins[-1]), bins=bins, color=color, alpha=0.85, edgecolor="white", linewidth=0.4)
+            ax.axvline(float(np.mean(x)), color="k", lw=1, ls="--")
+            ax.text(0.97, 0.95, f"n={x.size}\nmean={np.mean(x):.3g}\nmedian={np.median(x):.3g}", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=7, bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.7", alpha=0.9))  # fmt: skip
+            if r == 0:
+                ax.set_title(sec, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(f"{name}\n#pairs", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+    fig.tight_layout()
+    t = ["<table><tr><th class='l'>section</th><th>pairs</th><th>mean var (chosen)</th><th>median var (chosen)</th>"
+         + ("<th>mean var (margin)</th><th>members split on the sign</th>" if v.get("var_margin") is not None else "") + "</tr>"]
+    for sec, st in (v.get("summary") or {}).items():
+        t.append(f"<tr><td class='l'>{_esc(sec)}</td><td>{st['n']}</td><td>{st['var_chosen']['mean']:.4g}</td><td>{st['var_chosen']['median']:.4g}</td>")
+        if v.get("var_margin") is not None:
+            t.append(f"<td>{st['var_margin']['mean']:.4g}</td><td>{100 * st['sign_disagreement']:.1f}%</td>")
+        t.append("</tr>")
+    return (f"<h2>Variance per section: {_esc(label)}</h2><p class='note'>{_esc(v.get('what', ''))}; per held-out pair, "
+            f"one column per section (dashed: mean; values above the 99th percentile in the last bin).</p>"
+            f"<img src='{fig_to_data_uri(fig)}'>" + "".join(t) + "</table>")
 
 
 def calibration_section(res: dict[str, Any]) -> str:
