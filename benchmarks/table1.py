@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", default="runs/table1", help="where the trained models go")
     p.add_argument("--out", default="benchmarks/results/table1.json")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--merge", default=None, help="comma-separated table1 JSON files (e.g. one per backbone) to merge into --out; no training")
     p.add_argument("--dtype", default=None, help="backbone.dtype (e.g. bfloat16: ~3x faster SmolLM2 on AMX CPUs), for every backbone or per "
                    "backbone as name=dtype,...; default: device default")
     return p.parse_args(argv)
@@ -143,6 +144,7 @@ def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log:
         "train_pairs": len(train_pairs),
         "eval_sets": {ps.name: {"split": ps.split, "n": len(ps.pairs), "report": ps.report} for ps in psets},
         "train_prompt_overlap": pe.prompt_overlap(ev_pairs, hashes),
+        "backbone_dtype": base.backbone.dtype or "default (fp32 on CPU)",
         "calibration": cal_info,
     }
 
@@ -274,14 +276,33 @@ def aggregate(results: dict[str, dict[str, dict[int, Any]]]) -> tuple[list[dict[
     return rows, "\n".join(lines)
 
 
+def _seed_keys_to_int(results: dict[str, Any]) -> dict[str, Any]:
+    return {bb: {m: {int(k): v for k, v in by_seed.items()} for m, by_seed in methods.items()} for bb, methods in results.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     log: dict[str, Any] = {"data": {}, "timings": {}}
     results: dict[str, Any] = {}
     t_all = time.perf_counter()
-    for bb in [b.strip() for b in args.backbones.split(",") if b.strip()]:
-        results[bb] = run_backbone(args, bb, seeds, log)
+    if args.merge:  # runs made separately (one per backbone, e.g. with different dtypes)
+        caps_seen = []
+        for f in args.merge.split(","):
+            part = json.loads(Path(f).read_text(encoding="utf-8"))
+            results.update(_seed_keys_to_int(part["per_seed"]))
+            for k in ("data", "timings"):
+                log[k].update(part["log"][k])
+            log.setdefault("merged_from", []).append({"file": f, "caps": part["caps"], "seeds": part["seeds"], "wall_s": part["wall_s"]})
+            caps_seen.append(part["caps"])
+            seeds = part["seeds"]
+        if any(c != caps_seen[0] for c in caps_seen):
+            raise ValueError(f"refusing to merge runs with different caps: {caps_seen}")
+        args.max_train_rows, args.max_eval_pairs = caps_seen[0]["max_train_rows_per_source"], caps_seen[0]["max_eval_pairs_per_set"]
+        args.max_cal_items, args.gate_epochs = caps_seen[0]["max_cal_items_per_set"], caps_seen[0]["gate_epochs"]
+    else:
+        for bb in [b.strip() for b in args.backbones.split(",") if b.strip()]:
+            results[bb] = run_backbone(args, bb, seeds, log)
     rows, md = aggregate(results)
     note = (
         "Accuracy in % (plain weighting: sections pooled over the shared sets' held-out pairs; ties wrong; "
