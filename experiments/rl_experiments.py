@@ -55,8 +55,9 @@ def _summ(vals: list[float]) -> dict[str, float]:
 
 def run_conditions(config: str, conditions: dict[str, list[str]], seeds: list[int], common: list[str], reward, judges, tag: str) -> dict:
     runs = {}
-    for cond, overrides in conditions.items():
-        for seed in seeds:
+    # seed-major: an interrupted experiment still has both arms for the seeds it finished
+    for seed in seeds:
+        for cond, overrides in conditions.items():
             out = ROOT / "runs" / "experiments" / tag / f"{cond}-s{seed}"
             cfg = load_run_config(ROOT / config, [*common, *overrides, f"seed={seed}", f"output_dir={out}"])
             t0 = time.time()
