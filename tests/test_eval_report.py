@@ -143,3 +143,16 @@ def test_ensemble_variance_per_section_in_pairs_json_and_report(tmp_path, monkey
     assert v["summary"]["Safety"]["var_margin"]["mean"] == pytest.approx((C - R)[5:].var(1, ddof=1).mean(), rel=1e-6)
     html = build_report([common.write_json(tmp_path / "pairs.json", res)])
     assert "Variance per section" in html and "mean var (margin)" in html and "members split on the sign" in html
+
+
+def test_variance_payload_point_estimate_and_quantile():
+    from distrm.distribution import RewardDistribution
+    from distrm.eval.pairs import variance_payload
+
+    point = RewardDistribution(values=torch.tensor([[1.0], [2.0]]), kind="ensemble")  # ridge+gate: one member
+    v = variance_payload(point, point, ["Chat", "Safety"])
+    assert v["var_chosen"] == [0.0, 0.0] and v["var_margin"] is None and v["summary"]["Safety"]["n"] == 1
+    lv = default_levels(19, torch.float64)
+    q = RewardDistribution.from_quantiles(torch.stack([lv, 2 * lv]), lv)
+    v = variance_payload(q, q, ["Chat", "Chat"])
+    assert v["var_chosen"][1] == pytest.approx(4 * v["var_chosen"][0]) and v["summary"]["Chat"]["n"] == 2

@@ -368,8 +368,8 @@ def variance_payload(chosen: RewardDistribution, rejected: RewardDistribution, s
     members of the chosen reward and of the chosen-minus-rejected margin
     (:func:`distrm.disagreement.ensemble_disagreement`). Quantile models: the variance of
     the predicted chosen-reward distribution (``var_margin`` is None: the model has no
-    joint distribution of the two rewards)."""
-    if chosen.kind == "ensemble":
+    joint distribution of the two rewards; a one-member point estimate has variance 0)."""
+    if chosen.kind == "ensemble" and chosen.values.shape[-1] >= 2:
         from distrm.disagreement import ensemble_disagreement
 
         C, R = chosen.values.double().cpu().numpy(), rejected.values.double().cpu().numpy()

@@ -228,7 +228,11 @@ def variance_section(label: str, v: dict[str, Any]) -> str:
     member variance of the chosen reward and of the margin (the uncertainty-aware paper's
     Figure 6), for a quantile model the variance of the chosen-reward distribution."""
     plt = _plt()
-    secs = [s for s in dict.fromkeys(v["sections"])]
+    if v.get("var_margin") is None and not np.any(np.asarray(v["var_chosen"], float)):
+        return (f"<h2>Variance per section: {_esc(label)}</h2><p class='note'>a point estimate: every predicted "
+                f"variance is 0 (nothing to plot).</p>")
+    order = ["Chat", "Chat Hard", "Safety", "Reasoning"]
+    secs = sorted(dict.fromkeys(v["sections"]), key=lambda x: (order.index(x) if x in order else len(order), x))
     labels = np.asarray(v["sections"], dtype=object)
     rows = [("chosen reward", np.asarray(v["var_chosen"], float), "#3b6ea5")]
     if v.get("var_margin") is not None:
@@ -253,7 +257,7 @@ def variance_section(label: str, v: dict[str, Any]) -> str:
     fig.tight_layout()
     t = ["<table><tr><th class='l'>section</th><th>pairs</th><th>mean var (chosen)</th><th>median var (chosen)</th>"
          + ("<th>mean var (margin)</th><th>members split on the sign</th>" if v.get("var_margin") is not None else "") + "</tr>"]
-    for sec, st in (v.get("summary") or {}).items():
+    for sec, st in sorted((v.get("summary") or {}).items(), key=lambda kv: secs.index(kv[0]) if kv[0] in secs else len(secs)):
         t.append(f"<tr><td class='l'>{_esc(sec)}</td><td>{st['n']}</td><td>{st['var_chosen']['mean']:.4g}</td><td>{st['var_chosen']['median']:.4g}</td>")
         if v.get("var_margin") is not None:
             t.append(f"<td>{st['var_margin']['mean']:.4g}</td><td>{100 * st['sign_disagreement']:.1f}%</td>")
