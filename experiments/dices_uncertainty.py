@@ -10,8 +10,9 @@ target (``distrm.data`` loader, scores in [0, 1]). Per dataset:
    items as ``distrm eval calibration`` and ``benchmarks/table1.py``);
 2. MiniLM features through ``distrm.backbones`` and the on-disk feature store (frozen; the
    same store and backbone identity as table1, so its DICES features are reused);
-3. ``BootstrapQuantileHeads``: B QuantileHeads fits (19 levels, L1 alpha as QRM) on
-   bootstrap resamples of the training *items*;
+3. ``BootstrapQuantileHeads``: B QuantileHeads fits (19 levels, L1 alpha as QRM, the
+   embedded train config's solver tolerance) on bootstrap resamples of the training
+   *items*, each item's distinct scores weighted by their rater counts;
 4. on held-out items, the law-of-total-variance split per item,
    Var = E_b[Var_b] (aleatoric) + Var_b[E_b] (epistemic);
 5. Spearman correlation of each part with the raters' disagreement per item: the
@@ -74,12 +75,19 @@ def main() -> int:
     ap.add_argument("--n-boot", type=int, default=10)
     ap.add_argument("--alpha", type=float, default=0.003)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tol", type=float, default=1e-2, help="quantile-head solver tolerance (the embedded train config's)")
+    ap.add_argument("--max-iter", type=int, default=1000, help="quantile-head solver iterations (the embedded train config's)")
     args = ap.parse_args()
 
     from distrm.backbones import Backbone
     from distrm.data import registry
     from distrm.data.splits import split
     from distrm.features import extract
+
+    from distrm.heads.quantile import QuantileHeads
+
+    def heads(levels, alpha, device):  # the same solver settings as `distrm train`'s embedded config
+        return QuantileHeads(levels=levels, alpha=alpha, device=device, tol=args.tol, max_iter=args.max_iter)
 
     load_rated = registry.load_rated
     # the same backbone settings (identity) as benchmarks/table1.py: its DICES features are reused
@@ -90,6 +98,8 @@ def main() -> int:
         "backbone": args.backbone,
         "backbone_identity": getattr(bb, "identity", None),
         "n_boot": args.n_boot,
+        "solver": {"tol": args.tol, "max_iter": args.max_iter},
+        "targets": "distinct rater scores per item weighted by their rater counts (distrm.train.build_targets)",
         "alpha": args.alpha,
         "test_fraction": args.test_fraction,
         "datasets": {},
@@ -106,8 +116,8 @@ def main() -> int:
         X = torch.as_tensor(np.asarray(extract(bb, tt.prompts, tt.responses, **kw).reward)).double()
         Xt = torch.as_tensor(np.asarray(extract(bb, [r.prompt for r in test], [r.response for r in test], **kw).reward)).double()
         t0 = time.perf_counter()
-        bq = BootstrapQuantileHeads(n_boot=args.n_boot, alpha=args.alpha, seed=args.seed).fit(
-            X, tt.y, attribute=tt.attribute, index=tt.index, n_attributes=len(attrs)
+        bq = BootstrapQuantileHeads(n_boot=args.n_boot, alpha=args.alpha, seed=args.seed, base=heads).fit(
+            X, tt.y, attribute=tt.attribute, index=tt.index, n_attributes=len(attrs), sample_weight=tt.weight
         )
         fit_s = time.perf_counter() - t0
         dec = {k: v.numpy() for k, v in bq.decompose(Xt).items()}
@@ -140,10 +150,14 @@ def main() -> int:
                 "max_abs_total_minus_sum": gap,
             }
             s = per_attr[a]["spearman_vs_rater_variance"]
+
+            def f(x):
+                return "undefined" if x is None else f"{x:.3f}"
+
             print(
-                f"  [{a}] Spearman with rater variance: aleatoric {s['aleatoric']['rho']:.3f} {s['aleatoric']['ci95']}, "
-                f"epistemic {s['epistemic']['rho']:.3f} {s['epistemic']['ci95']}, total {s['total']['rho']:.3f}; "
-                f"pred mean vs rater mean {per_attr[a]['context']['spearman_pred_mean_vs_rater_mean']['rho']:.3f}",
+                f"  [{a}] Spearman with rater variance: aleatoric {f(s['aleatoric']['rho'])} {s['aleatoric']['ci95']}, "
+                f"epistemic {f(s['epistemic']['rho'])} {s['epistemic']['ci95']}, total {f(s['total']['rho'])}; "
+                f"pred mean vs rater mean {f(per_attr[a]['context']['spearman_pred_mean_vs_rater_mean']['rho'])}",
                 flush=True,
             )
         rep = loaded.report

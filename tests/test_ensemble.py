@@ -277,6 +277,31 @@ def test_bootstrap_resamples_whole_items():
     assert any(len(np.unique(ix)) < 5 for ix in seen)
 
 
+def test_bootstrap_sample_weight_follows_its_rows():
+    """Aggregated targets (distinct score + rater count) keep their weights through the resampling."""
+    seen = []
+
+    class Recorder(SkQuantile):
+        def fit(self, X, y, attribute=None, index=None, n_attributes=None, sample_weight=None):
+            seen.append((np.asarray(index), np.asarray(y), np.asarray(sample_weight)))
+            self.coef_, self.intercept_ = np.zeros((1, 3, 1)), np.zeros((1, 3))
+            return self
+
+    X = np.arange(5.0)[:, None]
+    idx = np.repeat(np.arange(5), 3)  # 3 distinct scores per item
+    y = np.tile([0.0, 0.5, 1.0], 5)
+    w = 10.0 * idx + 2 * y + 1  # a weight that identifies its row
+    BootstrapQuantileHeads(n_boot=3, levels=[0.25, 0.5, 0.75], base=Recorder).fit(
+        X, y, attribute=np.zeros(15, int), index=idx, n_attributes=1, sample_weight=w
+    )
+    for ix, yy, ww in seen:
+        assert np.array_equal(ww, 10.0 * ix + 2 * yy + 1)
+    with pytest.raises(ValueError, match="long-format"):
+        BootstrapQuantileHeads(n_boot=1, base=Recorder).fit(X, np.zeros(5), sample_weight=np.ones(5))
+    with pytest.raises(ValueError, match=r"sample_weight must be \[L\]"):
+        BootstrapQuantileHeads(n_boot=1, base=Recorder).fit(X, y, attribute=np.zeros(15, int), index=idx, sample_weight=np.ones(3))
+
+
 def test_with_project_quantile_heads():
     pytest.importorskip("distrm.heads.quantile")
     rng = np.random.default_rng(1)

@@ -229,9 +229,21 @@ class BootstrapQuantileHeads:
         self.base = base
         self.device = device
 
-    def fit(self, X: Any, y: Any, attribute: Any = None, index: Any = None, n_attributes: int | None = None) -> "BootstrapQuantileHeads":
+    def fit(
+        self, X: Any, y: Any, attribute: Any = None, index: Any = None, n_attributes: int | None = None, sample_weight: Any = None
+    ) -> "BootstrapQuantileHeads":
+        """``sample_weight [L]`` (long format only): the weight of each target row, e.g. the
+        rater counts of :func:`distrm.train.build_targets`' aggregated distinct targets;
+        without it, aggregated targets would count every distinct score once."""
         X_t = _as_f64(X)
         t = as_long_targets(X_t.shape[0], y, attribute, index, n_attributes)
+        w = None
+        if sample_weight is not None:
+            if attribute is None:
+                raise ValueError("sample_weight needs long-format targets (y, attribute, index)")
+            w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
+            if w.shape != t.y.shape:
+                raise ValueError(f"sample_weight must be [L]={tuple(t.y.shape)}, got {tuple(w.shape)}")
         levels = default_levels(19, torch.float64) if self.levels is None else torch.as_tensor(self.levels, dtype=torch.float64)
         make = self.base or _default_quantile_heads
         items = torch.unique(t.index)
@@ -245,7 +257,8 @@ class BootstrapQuantileHeads:
             pick = torch.randint(0, len(items), (len(items),), generator=g)
             rows = torch.cat([order[starts[j] : ends[j]] for j in pick.tolist()])
             est = make(levels, self.alpha, self.device)
-            est.fit(X_t, t.y[rows], attribute=t.attribute[rows], index=t.index[rows], n_attributes=t.n_attributes)
+            kw = {} if w is None else {"sample_weight": w[rows]}
+            est.fit(X_t, t.y[rows], attribute=t.attribute[rows], index=t.index[rows], n_attributes=t.n_attributes, **kw)
             coefs.append(torch.as_tensor(est.coef_).double().cpu())
             intercepts.append(torch.as_tensor(est.intercept_).double().cpu())
             draws.append(items[pick])
