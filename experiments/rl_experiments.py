@@ -76,6 +76,48 @@ def run_conditions(config: str, conditions: dict[str, list[str]], seeds: list[in
     return runs
 
 
+def paired_by_seed(out: dict, base: str, other: str) -> dict[str, dict[str, float]]:
+    """Per-seed differences other - base of the final held-out metrics (same seed = same
+    prompts, same eval sampling seed), mean and sd over seeds, and the step-0 reference."""
+    keys = ["reward_mean", *[f"q{t:.2f}" for t in TAIL_LEVELS], "judge/judge"]
+    by = {(r["condition"], r["seed"]): r["evals"][-1] for r in out["runs"].values()}
+    seeds = sorted({s for c, s in by if c == base} & {s for c, s in by if c == other})
+    res = {}
+    for k in keys:
+        d = [by[(other, s)][k] - by[(base, s)][k] for s in seeds]
+        res[k] = {"mean": statistics.fmean(d), "sd": statistics.stdev(d) if len(d) > 1 else 0.0, "per_seed": d,
+                  "n_seeds_positive": sum(x > 0 for x in d)}
+    return res
+
+
+def paired_response_bootstrap(out: dict, base: str, other: str, n_boot: int = 10_000) -> dict:
+    """Response-level paired bootstrap of the final held-out evaluation: for each seed the two
+    arms answered the same held-out prompts (same order, same sampling seed), so the items
+    (seed, prompt) pair up. Per-response metrics: the training reward's distribution mean and
+    q0.05, and the judge. Resamples items (ignores clustering by seed: with 3 seeds, read the
+    per-seed table too)."""
+    import torch
+
+    from distrm.rl.bon import paired_bootstrap
+
+    by = {(r["condition"], r["seed"]): r["eval_rows"][max(r["eval_rows"], key=int)] for r in out["runs"].values()}
+    seeds = sorted({s for c, s in by if c == base} & {s for c, s in by if c == other})
+    cols = {"dist_mean": "dist_mean", "q0.05": "q0.05", "judge": "judge/judge"}
+    vals: dict[str, dict[str, list[float]]] = {base: {k: [] for k in cols}, other: {k: [] for k in cols}}
+    for s in seeds:
+        ra, rb = by[(base, s)], by[(other, s)]
+        if [json.dumps(x["prompt"]) for x in ra] != [json.dumps(x["prompt"]) for x in rb]:
+            raise ValueError(f"seed {s}: the two arms were evaluated on different prompts")
+        for x, y in zip(ra, rb):
+            if all(x.get(c) is not None and y.get(c) is not None for c in cols.values()):
+                for k, c in cols.items():
+                    vals[base][k].append(x[c])
+                    vals[other][k].append(y[c])
+    outcomes = {arm: {k: torch.tensor(v, dtype=torch.float64) for k, v in m.items()} for arm, m in vals.items()}
+    res = paired_bootstrap(outcomes, baseline=base, n_boot=n_boot)
+    return {"n_items": len(vals[base]["judge"]), "seeds": seeds, "by_arm": res}
+
+
 def risk_experiment(a: argparse.Namespace) -> None:
     from experiments.rl_common import build_hh, build_safety_judge, describe
     from distrm.hub import load_reward_model
@@ -115,6 +157,8 @@ def risk_experiment(a: argparse.Namespace) -> None:
         "summary": summary,
         "runs": runs,
     }
+    out["paired_risk_aware_minus_neutral"] = paired_by_seed(out, "risk_neutral", "risk_aware")
+    out["response_level_paired_bootstrap"] = paired_response_bootstrap(out, "risk_neutral", "risk_aware")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "rloo_risk.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
     plot_risk(out, RESULTS / "rloo_risk.png")
