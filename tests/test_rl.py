@@ -417,3 +417,26 @@ def test_prompt_split_is_disjoint_and_seed_independent() -> None:
     assert {prompt_key(p) for p in a.train}.isdisjoint(prompt_key(p) for p in a.eval)
     assert a.eval == b.eval and a.train != b.train  # held-out set fixed; only the order of training prompts moves
     assert isinstance(a.eval[0], (str, list))
+
+
+@pytest.mark.skipif(not (DATA / "rewardbench-bon").is_dir(), reason="shared rewardbench-bon data not present")
+def test_distrm_bon_cli_reports_rates_with_cis(tmp_path: Path, capsys) -> None:
+    """`distrm bon` end to end: a saved distrm model scores real candidates; every rule gets
+    win/loss rates inside [0, 1] with CIs around them, and paired differences vs mean-picking."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _serve_support import build_model_dir
+
+    model = build_model_dir(tmp_path / "model")
+    out = tmp_path / "bon.json"
+    rc = _cli(["bon", str(model), "--data-dir", str(DATA), "--max-prompts", "6", "--n-candidates", "3", "--n-boot", "200",
+               "--risk", "cvar:alpha=0.2", "--store", str(tmp_path / "store"), "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["n_prompts"] == 6 and res["n_candidates"] == 3
+    assert set(res["by_risk"]) == {"mean", "cvar:alpha=0.2"}
+    for spec, v in res["by_risk"].items():
+        lo, hi = v["ci"]["win"]["ci"]
+        assert 0 <= lo <= v["win_rate"] <= hi <= 1
+        assert v["win_rate"] + v["loss_rate"] <= 1 + 1e-9  # a verdict of exactly 1.5 is neither
+    assert "diff_ci" in res["by_risk"]["cvar:alpha=0.2"]["ci"]["win"]
+    assert "best-of-3" in capsys.readouterr().out

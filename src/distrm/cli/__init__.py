@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "data",
     "train",
     "rl",
+    "bon",
     "simulate",
     "eval",
     "report",

@@ -207,3 +207,40 @@ def paired_bootstrap(
                 rec["p_two_sided"] = float(min(1.0, 2 * min(float((db <= 0).double().mean()), float((db >= 0).double().mean()))))
             out[rule][m] = rec
     return out
+
+
+# ---------------------------------------------------------------------------- end to end
+DEFAULT_RISKS = ("mean", "cvar:alpha=0.2", "quantile:tau=0.1", "mean_minus_std:c=1", "mean_minus_std:c=2")
+
+
+def score_candidates(model: Any, data: BonData, store: str | Path | None = ".cache/distrm/features", batch_size: int = 32,
+                     progress: bool = True) -> RewardDistribution:
+    """Every candidate's reward distribution, ``P * N`` rows, prompt-major. Features go
+    through the feature store, so re-scoring with another risk measure costs no backbone time."""
+    import numpy as np
+
+    from distrm.features import extract
+
+    n = data.preference.shape[1]
+    prompts = [[{"role": "user", "content": ins}] for ins in data.instructions for _ in range(n)]
+    texts = [c for cs in data.candidates for c in cs]
+    feats = extract(model.backbone, prompts, texts, store=store, batch_size=batch_size, progress=progress)
+    return model.score_features(torch.as_tensor(np.asarray(feats.reward)), torch.as_tensor(np.asarray(feats.prompt)), texts).reward
+
+
+def bon_with_cis(dist: RewardDistribution, data: BonData, risks: Sequence[str], n_boot: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """:func:`best_of_n_report` plus 95% bootstrap CIs of each rule's win / loss rate and paired
+    CIs of its difference from mean-picking (``mean`` is always included as the baseline)."""
+    risks = list(dict.fromkeys(["mean", *risks]))
+    rep = best_of_n_report(dist, data, risks)
+    outcomes = {spec: pick_outcomes(torch.tensor(v["picks"]), data.preference) for spec, v in rep["by_risk"].items()}
+    outcomes["random"] = random_pick_outcomes(data.preference)
+    cis = paired_bootstrap(outcomes, baseline="mean", n_boot=n_boot, seed=seed)
+    return {
+        "n_prompts": rep["n_prompts"],
+        "n_candidates": rep["n_candidates"],
+        "bootstrap": {"n_boot": n_boot, "level": 0.95, "unit": "prompt", "paired_baseline": "mean"},
+        "random_pick": rep["random_pick"] | {"ci": {m: cis["random"][m]["ci"] for m in ("win", "loss")}},
+        "oracle": rep["oracle"],
+        "by_risk": {spec: v["metrics"] | {"ci": cis[spec]} for spec, v in rep["by_risk"].items()},
+    }
