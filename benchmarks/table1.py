@@ -158,7 +158,7 @@ def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log:
     timings["eval_features_s"] = time.perf_counter() - t0
     Ec, Er = torch.as_tensor(np.asarray(fc.reward)).double(), torch.as_tensor(np.asarray(fr.reward)).double()
     Pc = torch.as_tensor(np.asarray(fc.prompt)).double()
-    Xcal, Pcal = torch.as_tensor(np.asarray(fcal.reward)).double(), torch.as_tensor(np.asarray(fcal.prompt)).double()
+    Xcal = torch.as_tensor(np.asarray(fcal.reward)).double()
     chosen_txt, rejected_txt = [p.chosen for p in ev_pairs], [p.rejected for p in ev_pairs]
 
     res: dict[str, dict[int, Any]] = {"QRM": {}, "ridge+gate": {}, "BT head": {}, "BT ensemble (10)": {}, "longer wins": {}}
@@ -173,8 +173,11 @@ def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log:
             entry: dict[str, Any] = {"pairs": pair_summary(ev_pairs, ev_sets, oc.mean.numpy(), orj.mean.numpy())}
             if kind == "quantile":
                 entry["pairs_cvar0.1"] = pair_summary(ev_pairs, ev_sets, oc.reward.cvar(0.1).numpy(), orj.reward.cvar(0.1).numpy())
-                out = model.score_features(Xcal, Pcal, items.responses)
-                d, keep = cal.select_attribute(out.attributes, list(out.attribute_names), items.attributes)
+                attrs = cal.rated_attributes(model, Xcal, items.responses)  # before the ranking-time length debias
+                d, keep = cal.select_attribute(attrs, list(model.config.attributes), items.attributes)
+                dd, kk = cal.select_attribute(model.attribute_distribution(Xcal, items.responses), list(model.config.attributes), items.attributes)
+                debiased = cal.grouped_metrics(dd, items, kk)
+                entry["calibration_debiased_attributes"] = cal_summary({g: {k: v for k, v in x.items() if k != "per_item"} for g, x in debiased.items()})
             else:
                 t = _train_targets(cfg)
                 Xtr = torch.as_tensor(np.asarray(extract(bb, t.prompts, t.responses, **kw).reward)).double()

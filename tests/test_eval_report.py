@@ -156,3 +156,22 @@ def test_variance_payload_point_estimate_and_quantile():
     q = RewardDistribution.from_quantiles(torch.stack([lv, 2 * lv]), lv)
     v = variance_payload(q, q, ["Chat", "Chat"])
     assert v["var_chosen"][1] == pytest.approx(4 * v["var_chosen"][0]) and v["summary"]["Chat"]["n"] == 2
+
+
+def test_calibration_uses_attributes_before_the_length_debias():
+    """Raters scored the attribute: calibration compares the heads' prediction, not the
+    ranking-time shift r_m - p_m v(y)."""
+    from distrm.eval.calibration import rated_attributes
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="none", feature_dim=D, attributes=["a", "b"], levels=default_levels(19, torch.float64).tolist(),
+                      gate="learned", gate_hidden=16, gate_n_hidden=3, debias_source="length")  # fmt: skip
+    coef = torch.randn(2, 19, D)
+    m = DistributionalRewardModel(cfg, coef, torch.zeros(2, 19), GatingNetwork(D, 2, 16, 3).eval(), debias=torch.tensor([0.0, 0.9]))
+    X = torch.randn(4, D, dtype=torch.float64)
+    resp = ["one two three", "a " * 50, "x", "y z"]
+    raw = rated_attributes(m, X, resp).values
+    shifted = m.attribute_distribution(X, resp).values
+    assert torch.allclose(raw[:, 0], shifted[:, 0])  # p = 0: unchanged
+    assert not torch.allclose(raw[:, 1], shifted[:, 1])  # p = 0.9: the served attribute is shifted by 0.9 v(y)
+    assert torch.allclose(raw, torch.einsum("nd,mkd->nmk", X, coef.double()).sort(-1).values)

@@ -135,12 +135,17 @@ class DistributionalRewardModel:
     def levels(self) -> torch.Tensor | None:
         return torch.tensor(self.config.levels, dtype=torch.float64) if self.config.levels else None
 
-    def attribute_distribution(self, reward_features: torch.Tensor, responses: Sequence[str] | None) -> RewardDistribution:
-        """Per-attribute distributions [n, M, K], quantiles sorted (no crossing), debiased."""
+    def attribute_distribution(
+        self, reward_features: torch.Tensor, responses: Sequence[str] | None, debias: bool = True
+    ) -> RewardDistribution:
+        """Per-attribute distributions [n, M, K], quantiles sorted (no crossing), debiased.
+
+        ``debias=False``: the heads' own prediction of each attribute's rating, before the
+        ranking-time length shift ``- p_m v(y)`` (what calibration against raters compares)."""
         X = torch.as_tensor(reward_features).double()
         vals = torch.einsum("nd,mkd->nmk", X, self.coef) + self.intercept
         vals = vals.sort(dim=-1).values
-        if bool((self.debias != 0).any()):
+        if debias and bool((self.debias != 0).any()):
             v = self._verbosity(vals, responses)
             vals = vals - self.debias[None, :, None] * v[:, None, None]
         if self.config.head == "quantile":

@@ -1,7 +1,8 @@
 """Distributional calibration on real multi-rater data (held-out items only).
 
 For every held-out item with at least two raters on an attribute, the model's predicted
-distribution for THAT attribute (not the gated mixture: raters scored the attribute) is
+distribution for THAT attribute (not the gated mixture: raters scored the attribute; and
+before the ranking-time length debiasing, see :func:`rated_attributes`) is
 compared with the empirical distribution of the raters' scores; see
 :mod:`distrm.eval.metrics` for the exact definitions. Scores are on the records'
 normalised [0, 1] scale, so numbers are comparable across datasets.
@@ -102,6 +103,14 @@ class GaussianRidgeBaseline:
         mu = self.ridge_.predict(torch.as_tensor(np.asarray(X), dtype=torch.float64))[:, :, 0][torch.arange(len(idx)), torch.as_tensor(idx)]
         sigma = torch.as_tensor(self.sigma_[idx])
         return gaussian_quantiles(mu, sigma, levels)
+
+
+def rated_attributes(model: Any, reward_features: torch.Tensor, responses: Sequence[str]) -> RewardDistribution:
+    """The model's prediction of each attribute's RATING: its heads before the ranking-time
+    length debiasing (``r_m - p_m v(y)`` is a correction for ranking pairs, not a prediction
+    of what a rater scores; with p up to 0.95 it shifts an attribute by up to ~0.5 on the
+    [0, 1] scale)."""
+    return model.attribute_distribution(reward_features, list(responses), debias=False)
 
 
 def select_attribute(attrs: RewardDistribution, names: Sequence[str], wanted: Sequence[str]) -> tuple[RewardDistribution, np.ndarray]:
@@ -234,8 +243,8 @@ def run_calibration(
     notes: dict[str, Any] = {}
     for path, model in loaded:
         label = common.model_label(model, path)
-        out = common.score(model, items.prompts, items.responses, store, batch_size)
-        dist, keep = select_attribute(out.attributes, list(out.attribute_names), items.attributes)
+        R, _ = common.features(model, items.prompts, items.responses, store, batch_size)
+        dist, keep = select_attribute(rated_attributes(model, R, items.responses), list(model.config.attributes), items.attributes)
         results[label] = grouped_metrics(dist, items, keep)
         notes[label] = {"model": str(path), "attributes_missing": sorted({a for a, k in zip(items.attributes, keep) if not k})}
         log(f"{label}: scored {int(keep.sum())} rows")
