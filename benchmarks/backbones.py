@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
                    help="aliases, HF names or directories written by distrm finetune-backbone")
     p.add_argument("--out", default="benchmarks/results/backbones.json")
     p.add_argument("--runs", default="runs/backbones")
+    p.add_argument("--reaggregate", action="store_true", help="rebuild the table and targets from --out's per-seed results (no training)")
     args, rest = p.parse_known_args(argv)
     targs = t1.parse_args(rest + ["--runs", args.runs, "--out", args.out])  # caps, seeds, store, dtype: table1's options
     return args, targs
@@ -115,7 +116,7 @@ def rm_head_scores(targs: argparse.Namespace, backbone: str, ev_pairs: list) -> 
 
 
 def _ms(v: list[float]) -> str:
-    return f"{100 * np.mean(v):.1f}" + (f" ± {100 * np.std(v):.1f}" if len(v) > 1 and np.std(v) > 0 else "")
+    return f"{100 * np.mean(v):.1f}" + (f" ± {100 * np.std(v):.1f}" if len(v) > 1 and np.std(v) > 1e-9 else "")
 
 
 def table(results: dict[str, dict[str, dict[int, Any]]], sub2set: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
@@ -156,8 +157,10 @@ def targets(rows: list[dict[str, Any]], tuned: list[str], raw: list[str]) -> dic
             r = get[(t, m)]
             best_raw = max((get[(b, mm)]["mean_of_sets"]["mean"], b, mm) for b in raw for mm in ("BT head", "QRM", "BT ensemble (10)") if (b, mm) in get)
             vs_len = {k: r["sets"][k]["mean"] - length["sets"][k]["mean"] for k in CHAT_SETS} if length else {}
+            same = {b: r["mean_of_sets"]["mean"] - get[(b, m)]["mean_of_sets"]["mean"] for b in raw if (b, m) in get}
             out[f"{t} / {m}"] = {
                 "mean_of_sets": r["mean_of_sets"]["mean"],
+                "minus_same_head_on_raw_backbones": same,
                 "best_raw": {"backbone": best_raw[1], "method": best_raw[2], "mean_of_sets": best_raw[0]},
                 "beats_every_raw_backbone_by": r["mean_of_sets"]["mean"] - best_raw[0],
                 "minus_length_heuristic_on_chat_sets": vs_len,
@@ -174,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     sub2set: dict[str, str] = {}
     t_all = time.perf_counter()
-    for bb in backbones:
+    if args.reaggregate:
+        old = json.loads(Path(args.out).read_text())
+        log, results, backbones = old["log"], old["per_seed"], old["backbones"]
+        sub2set = eval_pairs(targs, backbones[0])[2]
+    for bb in [] if args.reaggregate else backbones:
         print(f"=== {bb}", flush=True)
         res = t1.run_backbone(targs, bb, seeds, log)
         ev_pairs, ev_sets, s2s = eval_pairs(targs, bb)
@@ -203,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).with_suffix(".md").write_text(f"{note}\n\nCaps: {json.dumps(caps)}\n\n{md}\n", encoding="utf-8")
     print(md)
     for k, v in tg.items():
-        print(f"{k}: mean {100 * v['mean_of_sets']:.1f} vs best raw {100 * v['best_raw']['mean_of_sets']:.1f} "
+        print(f"{k}: mean {100 * v['mean_of_sets']:.1f}; minus the same head on raw backbones: "
+              + ", ".join(f"{b} {100 * d:+.1f}" for b, d in v["minus_same_head_on_raw_backbones"].items()))
+        print(f"  vs best raw {100 * v['best_raw']['mean_of_sets']:.1f} "
               f"({v['best_raw']['backbone']} / {v['best_raw']['method']}): {100 * v['beats_every_raw_backbone_by']:+.1f} pts; "
               f"vs length on chat sets: " + ", ".join(f"{s} {100 * d:+.1f}" for s, d in v["minus_length_heuristic_on_chat_sets"].items()))  # fmt: skip
     print(f"wrote {path}")
