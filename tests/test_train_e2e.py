@@ -34,3 +34,15 @@ def test_train_score_reload(tmp_path, capsys):
     a = m1.score(["Hello?", "What is 2+2?"], ["Hi!", "4"])
     b = m2.score(["Hello?", "What is 2+2?"], ["Hi!", "4"])
     assert torch.equal(a.reward.values, b.reward.values) and torch.equal(a.weights, b.weights)
+
+
+def test_thin_attributes_are_left_out_and_reported():
+    from distrm.data.records import RatedResponse
+    from distrm.train import drop_thin_attributes
+
+    rows = [RatedResponse(f"p{i}", "r", {"big": 0.5, **({"tiny": 1.0} if i < 3 else {})}, "s", str(i)) for i in range(10)]
+    rows.append(RatedResponse("only-tiny", "r", {"tiny": 0.0}, "s", "x"))
+    kept, thin = drop_thin_attributes(rows, min_items=5)
+    assert thin == {"tiny": 4}  # counted on distinct (prompt, response) items
+    assert len(kept) == 10 and all(set(r.scores) == {"big"} for r in kept)  # the tiny-only row goes
+    assert drop_thin_attributes(rows, min_items=1) == (rows, {})

@@ -27,6 +27,9 @@ class DataConfig:
     test_fraction: float = 0.2  # held-out share of prompts (split by prompt hash)
     strict: bool = False  # any skipped row is an error
     max_rows_per_source: int | None = None  # cap per source, for quick runs
+    # attributes rated on fewer items are left out (reported): a linear head on d >> n items is
+    # noise, and the gate would still be free to weight it (e.g. the 8-row HelpSteer2 fixture)
+    min_items_per_attribute: int = 30
 
 
 @dataclass

@@ -43,6 +43,24 @@ class AttributeTargets:
     scales: dict[str, list[float]]
 
 
+def drop_thin_attributes(rated: list[RatedResponse], min_items: int) -> tuple[list[RatedResponse], dict[str, int]]:
+    """Remove attributes rated on fewer than ``min_items`` distinct items (returned with their
+    counts, so the caller reports them); rows left with no attribute are removed too."""
+    items: dict[str, set] = {}
+    for r in rated:
+        for a in r.scores:
+            items.setdefault(a, set()).add((prompt_key(r.prompt), r.response))
+    thin = {a: len(v) for a, v in items.items() if len(v) < min_items}
+    if not thin:
+        return rated, {}
+    kept = []
+    for r in rated:
+        scores = {a: v for a, v in r.scores.items() if a not in thin}
+        if scores:
+            kept.append(dataclasses.replace(r, scores=scores))
+    return kept, dict(sorted(thin.items()))
+
+
 def build_targets(rated: list[RatedResponse]) -> AttributeTargets:
     """One row per (item, attribute, distinct rater score) with the number of raters who gave
     it as weight -- the same pinball objective as one row per rater (scores are discrete, so
@@ -176,7 +194,11 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
     log: dict = {"config": dataclasses.asdict(cfg), "timings_s": {}}
     t0 = time.perf_counter()
     rated, pairs, reports = load_training_data(cfg)
-    log["data"] = {"rated_rows": len(rated), "pairs": len(pairs), "reports": reports}
+    rated, thin = drop_thin_attributes(rated, cfg.data.min_items_per_attribute)
+    if thin:
+        print(f"data: left out {len(thin)} attributes rated on < {cfg.data.min_items_per_attribute} items: "
+              + ", ".join(f"{a} ({n})" for a, n in thin.items()))
+    log["data"] = {"rated_rows": len(rated), "pairs": len(pairs), "reports": reports, "thin_attributes_left_out": thin}
     if not rated:
         raise ValueError("no rated responses to train the attribute heads on")
     targets = build_targets(rated)
