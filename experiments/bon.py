@@ -37,13 +37,7 @@ import torch  # noqa: E402
 
 from distrm.features import extract  # noqa: E402
 from distrm.hub import load_reward_model  # noqa: E402
-from distrm.rl.bon import (  # noqa: E402
-    best_of_n_report,
-    load_rewardbench_bon,
-    paired_bootstrap,
-    pick_outcomes,
-    random_pick_outcomes,
-)
+from distrm.rl.bon import bon_with_cis, candidate_inputs, load_rewardbench_bon  # noqa: E402
 from distrm.rl.prompts import default_data_dir  # noqa: E402
 from experiments.rl_common import STORE, build_uf, describe  # noqa: E402
 
@@ -73,8 +67,7 @@ def main() -> None:
 
     data = load_rewardbench_bon(default_data_dir() / "rewardbench-bon", a.n_candidates, None if a.all else a.max_prompts)
     P, N = len(data.ids), a.n_candidates
-    prompts = [[{"role": "user", "content": ins}] for ins in data.instructions for _ in range(N)]
-    texts = [c for cs in data.candidates for c in cs]
+    prompts, texts = candidate_inputs(data)
     t1 = time.time()
     feats = extract(model.backbone, prompts, texts, store=STORE, batch_size=a.batch_size, progress=True)
     t_feat = time.time() - t1
@@ -87,15 +80,10 @@ def main() -> None:
     lam = round(1.0 / scale, 3)
     risks = RISKS + [f"certainty_equivalent:lam={lam}", f"certainty_equivalent:lam={round(3 * lam, 3)}",
                      f"mean_minus_variance:beta={lam}"]
-    rep = best_of_n_report(dist, data, risks)
+    core = bon_with_cis(dist, data, risks, n_boot=a.n_boot)
     lengths = torch.tensor([[len(c) for c in cs] for cs in data.candidates], dtype=torch.float64)
-    outcomes = {}
-    for spec, v in rep["by_risk"].items():
-        picks = torch.tensor(v["picks"])
-        v["metrics"]["mean_chars_of_pick"] = float(lengths[torch.arange(P), picks].mean())
-        outcomes[spec] = pick_outcomes(picks, data.preference)
-    outcomes["random"] = random_pick_outcomes(data.preference)
-    cis = paired_bootstrap(outcomes, baseline="mean", n_boot=a.n_boot)
+    for spec, picks in core.pop("picks").items():
+        core["by_risk"][spec]["mean_chars_of_pick"] = float(lengths[torch.arange(P), torch.tensor(picks)].mean())
     # does the reward model rank candidates like the judge at all? (per-prompt Spearman, mean over prompts)
     def _rank(x: torch.Tensor) -> torch.Tensor:
         return x.argsort(1).argsort(1).double()
@@ -109,13 +97,13 @@ def main() -> None:
         "subset": "all" if a.all else f"seeded random {P} of 805",
         "reward_model": info,
         "judge": "GPT-4-turbo weighted AlpacaEval preference vs GPT-3.5-turbo-0613 (win: preference > 1.5, loss: < 1.5)",
-        "bootstrap": {"n_boot": a.n_boot, "level": 0.95, "unit": "prompt", "paired_baseline": "mean"},
+        "bootstrap": core["bootstrap"],
         "reward_scale": {"median_within_prompt_sd_of_mean": scale, "median_member_sd": float(sd.median()), "lam_unit": lam},
         "reward_vs_judge_spearman_mean": float(spearman.mean()),
         "prompts_with_tied_top_mean": ties,
-        "random_pick": rep["random_pick"] | {"ci": {m: cis["random"][m]["ci"] for m in ("win", "loss")}},
-        "oracle": rep["oracle"],
-        "by_risk": {spec: v["metrics"] | {"ci": cis[spec]} for spec, v in rep["by_risk"].items()},
+        "random_pick": core["random_pick"],
+        "oracle": core["oracle"],
+        "by_risk": core["by_risk"],
         "features": {"seconds": round(t_feat, 1), "computed": feats.n_computed if hasattr(feats, "n_computed") else None,
                      "truncated": getattr(feats, "n_truncated", None)},
         "seconds": round(time.time() - t0, 1),

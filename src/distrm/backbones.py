@@ -150,6 +150,18 @@ def as_messages(prompt: Prompt) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
+def read_chat_template(path: str) -> str:
+    """A Jinja chat template file; a bare name is looked up among the embedded configs."""
+    from importlib import resources
+
+    p = Path(path)
+    if not p.is_file():
+        p = Path(str(resources.files("distrm") / "configs" / path))
+    if not p.is_file():
+        raise FileNotFoundError(f"chat_template {path!r}: no such file (nor in distrm/configs)")
+    return p.read_text(encoding="utf-8")
+
+
 CPU_MAX_BATCH_TOKENS = 4096
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -262,7 +274,7 @@ class Backbone:
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
             if not tok.chat_template and name_or_path in ALIAS_CHAT_TEMPLATES:  # base models ship none
-                tok.chat_template = (Path(__file__).parent / "configs" / ALIAS_CHAT_TEMPLATES[name_or_path]).read_text()
+                tok.chat_template = read_chat_template(ALIAS_CHAT_TEMPLATES[name_or_path])
             if not tok.chat_template:
                 raise ValueError(f"causal backbone {name_or_path!r} has no chat template")
         return cls(name_or_path, model, tok, kind, max_length, dev, dt, max_batch_tokens)

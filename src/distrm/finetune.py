@@ -335,18 +335,6 @@ def load_head(path: str | Path) -> torch.Tensor:
     return load_file(str(p))["weight"]
 
 
-def _read_template(path: str) -> str:
-    """A Jinja chat template file; a bare name is looked up among the embedded configs."""
-    from importlib import resources
-
-    p = Path(path)
-    if not p.is_file():
-        p = Path(str(resources.files("distrm") / "configs" / path))
-    if not p.is_file():
-        raise FileNotFoundError(f"chat_template {path!r}: no such file (nor in distrm/configs)")
-    return p.read_text(encoding="utf-8")
-
-
 def _trl_config(cfg: FinetuneConfig, out: Path, bf16: bool, use_cpu: bool, has_eval: bool):
     from trl import RewardConfig
 
@@ -383,7 +371,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer
     from trl import RewardTrainer
 
-    from distrm.backbones import Backbone, resolve_model_dir
+    from distrm.backbones import Backbone, read_chat_template, resolve_model_dir
 
     validate(cfg)
     t_all = time.perf_counter()
@@ -405,7 +393,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template and cfg.chat_template:
-        tok.chat_template = _read_template(cfg.chat_template)  # saved with the tokenizer: the tuned backbone has it
+        tok.chat_template = read_chat_template(cfg.chat_template)  # saved with the tokenizer: the tuned backbone has it
     if not tok.chat_template:
         raise ValueError(f"{cfg.base_model!r} has no chat template: give one with chat_template=<file.jinja>")
     # a Backbone over the same body: its tokenisation is the one the saved head will see

@@ -213,6 +213,13 @@ def paired_bootstrap(
 DEFAULT_RISKS = ("mean", "cvar:alpha=0.2", "quantile:tau=0.1", "mean_minus_std:c=1", "mean_minus_std:c=2")
 
 
+def candidate_inputs(data: BonData) -> tuple[list[list[dict[str, str]]], list[str]]:
+    """(prompts, responses) for every candidate, ``P * N`` rows, prompt-major."""
+    n = data.preference.shape[1]
+    prompts = [[{"role": "user", "content": ins}] for ins in data.instructions for _ in range(n)]
+    return prompts, [c for cs in data.candidates for c in cs]
+
+
 def score_candidates(model: Any, data: BonData, store: str | Path | None = ".cache/distrm/features", batch_size: int = 32,
                      progress: bool = True) -> RewardDistribution:
     """Every candidate's reward distribution, ``P * N`` rows, prompt-major. Features go
@@ -221,16 +228,15 @@ def score_candidates(model: Any, data: BonData, store: str | Path | None = ".cac
 
     from distrm.features import extract
 
-    n = data.preference.shape[1]
-    prompts = [[{"role": "user", "content": ins}] for ins in data.instructions for _ in range(n)]
-    texts = [c for cs in data.candidates for c in cs]
+    prompts, texts = candidate_inputs(data)
     feats = extract(model.backbone, prompts, texts, store=store, batch_size=batch_size, progress=progress)
     return model.score_features(torch.as_tensor(np.asarray(feats.reward)), torch.as_tensor(np.asarray(feats.prompt)), texts).reward
 
 
 def bon_with_cis(dist: RewardDistribution, data: BonData, risks: Sequence[str], n_boot: int = 10_000, seed: int = 0) -> dict[str, Any]:
     """:func:`best_of_n_report` plus 95% bootstrap CIs of each rule's win / loss rate and paired
-    CIs of its difference from mean-picking (``mean`` is always included as the baseline)."""
+    CIs of its difference from mean-picking (``mean`` is always included as the baseline).
+    ``picks``: rule -> the candidate index picked for each prompt."""
     risks = list(dict.fromkeys(["mean", *risks]))
     rep = best_of_n_report(dist, data, risks)
     outcomes = {spec: pick_outcomes(torch.tensor(v["picks"]), data.preference) for spec, v in rep["by_risk"].items()}
@@ -243,4 +249,5 @@ def bon_with_cis(dist: RewardDistribution, data: BonData, risks: Sequence[str], 
         "random_pick": rep["random_pick"] | {"ci": {m: cis["random"][m]["ci"] for m in ("win", "loss")}},
         "oracle": rep["oracle"],
         "by_risk": {spec: v["metrics"] | {"ci": cis[spec]} for spec, v in rep["by_risk"].items()},
+        "picks": {spec: v["picks"] for spec, v in rep["by_risk"].items()},
     }
