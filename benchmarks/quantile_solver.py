@@ -185,6 +185,7 @@ def main() -> None:
     ap.add_argument("--paper-max-iter", type=int, default=5000)
     ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--out", default=None, help="JSON path (default results/quantile_solver_<device>.json)")
     args = ap.parse_args()
     if args.no_sklearn:
         args.sklearn_taus = []
@@ -212,7 +213,7 @@ def main() -> None:
         print(f"fit {p['fit_seconds']:.1f} s (data gen {p['data_seconds']:.1f} s), iterations {p['iterations']}, "
               f"certified gap max {p['max_certified_gap']:.2e} median {p['median_certified_gap']:.2e}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"quantile_solver_{args.device.split(':')[0]}.json"
+    path = Path(args.out) if args.out else RESULTS / f"quantile_solver_{args.device.split(':')[0]}.json"
     path.write_text(json.dumps(res, indent=2))
     print(f"\nwrote {path}")
 

@@ -248,4 +248,11 @@ def test_cli_inspect(tmp_path, capsys):
     stats = json.loads(out_json.read_text())
     assert stats["llmbar"]["pairs"]["subsets"]["llmbar-adver-neighbor"] == 134
     assert main(["data", "inspect", "dices-350", "--data-dir", str(DATA)]) == 0
-    assert "attribute dices-safe: scale 0..1, 350 records" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "attribute dices-safe: scale 0..1, 350 records" in text and "leaves this attribute out" not in text
+    # the 8-row HelpSteer2 format fixture: every attribute is flagged as too thin to train on
+    assert main(["data", "inspect", "helpsteer2-fixture", "--data-dir", str(DATA), "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    attrs = json.loads(out_json.read_text())["helpsteer2-fixture"]["rated"]["attributes"]
+    assert len(attrs) == 5 and all(a["below_training_minimum"] and a["distinct_items"] == 8 for a in attrs.values())
+    assert text.count("`distrm train` leaves this attribute out") == 5

@@ -429,8 +429,10 @@ def test_distrm_bon_cli_reports_rates_with_cis(tmp_path: Path, capsys) -> None:
     model = build_model_dir(tmp_path / "model")
     out = tmp_path / "bon.json"
     rc = _cli(["bon", str(model), "--data-dir", str(DATA), "--max-prompts", "6", "--n-candidates", "3", "--n-boot", "200",
-               "--risk", "cvar:alpha=0.2", "--store", str(tmp_path / "store"), "--out", str(out)])
+               "--risk", "cvar:alpha=0.2", "--store", str(tmp_path / "store"), "--out", str(out),
+               "--plot", str(tmp_path / "bon.png")])
     assert rc == 0
+    assert (tmp_path / "bon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = json.loads(out.read_text())
     assert res["n_prompts"] == 6 and res["n_candidates"] == 3
     assert set(res["by_risk"]) == {"mean", "cvar:alpha=0.2"}

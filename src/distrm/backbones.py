@@ -162,7 +162,9 @@ def read_chat_template(path: str) -> str:
     return p.read_text(encoding="utf-8")
 
 
-CPU_MAX_BATCH_TOKENS = 4096
+# On a CPU one sequence of a few hundred tokens already fills the GEMMs; bigger batches only
+# push activations out of cache (benchmarks/README.md: 1024 beat 4096 by 10-20% on a 2-core Xeon)
+CPU_MAX_BATCH_TOKENS = 1024
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
@@ -245,7 +247,7 @@ class Backbone:
         ``dtype``: None/"auto" = bfloat16 on CUDA, float32 on CPU (exact features); "bfloat16" on
         a CPU with AMX (Sapphire Rapids and later) is ~2.5-3.5x faster and is recorded in the
         identity, so bf16 and fp32 features never share a cache entry.
-        ``max_batch_tokens``: cap on padded tokens per batch ("auto": 4096 on CPU, where a long
+        ``max_batch_tokens``: cap on padded tokens per batch ("auto": 1024 on CPU, where a long
         padded batch costs more than it saves, none on GPU)."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -321,7 +323,12 @@ class Backbone:
                 tt[i, : len(t)] = torch.tensor(t)
             kw["token_type_ids"] = tt.to(self.device)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        h = self.model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state
+        if self.kind == "causal":
+            kw["use_cache"] = False  # a KV cache is only written, never read, here: pure cost
+        # no padding in this batch: no mask, so causal models take SDPA's is_causal kernel
+        # instead of a materialised [L, L] mask
+        unpadded = self.kind == "causal" and all(len(x) == L for x in batch)
+        h = self.model(input_ids=ids, attention_mask=None if unpadded else mask, **kw).last_hidden_state
         if positions is None:
             m = mask.unsqueeze(-1).to(h.dtype)
             out = ((h * m).sum(1) / m.sum(1).clamp_min(1)).unsqueeze(1)
@@ -365,7 +372,7 @@ class Backbone:
             if lost:  # the cut reached the prompt's end: prompt-only pass for those rows
                 pseqs = [self._causal_prompt_ids(prompts[i]) for i in lost]
                 prompt[lost] = self._batched(pseqs, [[len(s) - 1] for s in pseqs], batch_size)[:, 0]
-            n_tokens = sum(len(s) for s in seqs)
+            n_tokens = sum(len(s) for s in seqs) + (sum(len(s) for s in pseqs) if lost else 0)
         else:
             ptexts = [render_prompt_text(p) for p in prompts]
             full = self.tokenizer(ptexts, list(responses), truncation=False)["input_ids"]

@@ -25,12 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=".cache/distrm/features", help="feature store directory")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default=None, help="write the JSON report here")
+    p.add_argument("--plot", default=None, help="write a PNG bar chart of win rates with CIs here")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from distrm.hub import load_reward_model
-    from distrm.rl.bon import DEFAULT_RISKS, bon_with_cis, load_rewardbench_bon, score_candidates
+    from distrm.rl.bon import DEFAULT_RISKS, bon_with_cis, load_rewardbench_bon, plot_bon, score_candidates
     from distrm.rl.prompts import default_data_dir
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
@@ -52,4 +53,6 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
         print(f"wrote {args.out}")
+    if args.plot:
+        print(f"wrote {plot_bon(res, args.plot)}")
     return 0

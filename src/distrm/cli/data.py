@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from distrm.config import DataConfig
 from distrm.data.records import prompt_key
 
 BINS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -104,8 +105,12 @@ def stats_of(kind: str, loaded: Any) -> dict[str, Any]:
             with_a = [r for r in recs if a in r.scores]
             raters = [len(r.rater_scores(a)) for r in with_a]
             vals = [v for r in with_a for v in r.rater_scores(a)]
+            items = len({(prompt_key(r.prompt), r.response) for r in with_a})
             attrs[a] = {
                 "records": len(with_a),
+                "distinct_items": items,
+                # `distrm train` leaves such attributes out (a head on a handful of items is noise)
+                "below_training_minimum": items < DataConfig.min_items_per_attribute,
                 "scale": list(next((r.scales[a] for r in with_a if a in r.scales), (0.0, 1.0))),
                 "raters_per_item": _summ(raters),
                 "ratings": len(vals),
@@ -141,6 +146,9 @@ def print_stats(name: str, kind: str, st: dict[str, Any], out=None) -> None:
             f"raters/item {r.get('min', 0)}-{r.get('max', 0)} (median {r.get('median', 0):g}), mean {s['mean_score_01']:.3f} on [0,1]",
             file=out,
         )
+        if s.get("below_training_minimum"):
+            print(f"    ! only {s['distinct_items']} distinct items (< data.min_items_per_attribute="
+                  f"{DataConfig.min_items_per_attribute}): `distrm train` leaves this attribute out", file=out)
     if kind == "bon":
         print(f"  {st['samples_per_prompt']} samples per prompt; judge verdicts for samples {st['judged_samples']} ({st['verdicts']} verdicts), mean win prob vs reference {st['mean_win_prob_vs_reference']:.3f}", file=out)
     if kind == "pairs" and st["records"]:

@@ -251,3 +251,34 @@ def bon_with_cis(dist: RewardDistribution, data: BonData, risks: Sequence[str], 
         "by_risk": {spec: v["metrics"] | {"ci": cis[spec]} for spec, v in rep["by_risk"].items()},
         "picks": {spec: v["picks"] for spec, v in rep["by_risk"].items()},
     }
+
+
+def plot_bon(res: dict[str, Any], path: str | Path) -> Path:
+    """Bar chart of :func:`bon_with_cis` output: each rule's win rate against the reference with
+    its 95% CI, beside random picking and the oracle (the judge's own best candidate), so a
+    reader sees at once whether any risk rule separates from mean-picking."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rules = list(res["by_risk"])
+    win = [100 * res["by_risk"][r]["win_rate"] for r in rules]
+    ci = [[100 * x for x in res["by_risk"][r]["ci"]["win"]["ci"]] for r in rules]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rules) + 2.0))
+    y = list(range(len(rules)))[::-1]
+    ax.barh(y, win, color="#4c72b0", alpha=0.8)
+    ax.errorbar(win, y, xerr=[[w - c[0] for w, c in zip(win, ci)], [c[1] - w for w, c in zip(win, ci)]],
+                fmt="none", ecolor="black", capsize=3)
+    ax.axvline(100 * res["random_pick"]["win_rate"], color="grey", ls="--", label="random pick")
+    ax.axvline(100 * res["oracle"]["win_rate"], color="#dd8452", ls=":", label="oracle (judge's best)")
+    ax.set_yticks(y, rules)
+    ax.set_xlabel("win rate vs reference, % (95% bootstrap CI over prompts)")
+    ax.set_title(f"best-of-{res['n_candidates']}, {res['n_prompts']} prompts")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
