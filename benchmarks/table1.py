@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-eval-pairs", type=int, default=None, help="cap per evaluation pair set (seeded sample)")
     p.add_argument("--max-cal-items", type=int, default=None, help="cap per calibration set (seeded sample)")
     p.add_argument("--gate-epochs", type=int, default=None, help="override gate.epochs (default: the embedded config's)")
+    p.add_argument("--alpha", type=float, default=None, help="override heads.alpha (the quantile heads' L1 penalty)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--store", default=".cache/distrm/features")
     p.add_argument("--runs", default="runs/table1", help="where the trained models go")
@@ -78,6 +79,8 @@ def _cfg(args: argparse.Namespace, backbone: str, kind: str, seed: int) -> Train
         ov.append(f"data.max_rows_per_source={args.max_train_rows}")
     if args.gate_epochs:
         ov.append(f"gate.epochs={args.gate_epochs}")
+    if args.alpha is not None:
+        ov.append(f"heads.alpha={args.alpha}")
     if args.data_dir:
         ov.append(f"data.data_dir={args.data_dir}")
     dtype = backbone_dtype(args, backbone)

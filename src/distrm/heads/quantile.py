@@ -466,10 +466,25 @@ def _admm(
     beta = (Ainv @ (Xt @ y.to(cdt))).double().expand(B, d, K).clone()
     r0 = (y - (Xs @ beta[:, :, :1].to(cdt)).double()) * mask
     b = torch.zeros(B, 1, K, dtype=f64, device=Xs.device)
+    b_zero = torch.zeros_like(b)  # the intercept-only model: beta = 0, b = the tau-quantile of y
     if intercept:
         for j in range(B):
             nj = int(n_real[j])
             b[j, 0] = torch.quantile(r0[j, :nj, 0], tau[0, 0])
+            b_zero[j, 0] = torch.quantile(y[j, :nj, 0], tau[0, 0])
+
+    def objective(beta_: torch.Tensor, b_: torch.Tensor) -> torch.Tensor:  # [B, K], float64
+        fit_ = (Xs @ beta_.to(cdt)).double() + b_
+        return (om * pinball((y - fit_) * mask, tau)).sum(1) + (pen * beta_.abs()).sum(1)
+
+    # Where features outnumber the distinct rows (a few hundred rated items, d = 384..4096) the
+    # ridge start interpolates with a large L1 norm, far worse than predicting a constant; start
+    # each head from the better of the two, and never return anything worse than that start.
+    P_ridge, P_zero = objective(beta, b), objective(torch.zeros_like(beta), b_zero)
+    use_zero = (P_zero < P_ridge).unsqueeze(1)
+    beta = torch.where(use_zero, torch.zeros_like(beta), beta)
+    b = torch.where(use_zero, b_zero, b)
+    P_start = torch.minimum(P_ridge, P_zero)
     # The iteration runs in the matmul dtype (float32 by default: every [n, K] elementwise pass
     # and dtype conversion costs as much as a matmul at reward-model sizes); the objective and
     # the dual certificate it stops on are evaluated in float64 at each check.
@@ -482,7 +497,7 @@ def _admm(
     ud = torch.zeros_like(zd)
     up = torch.zeros_like(zp)
     rho = 1.0 / (n_real * (zd.abs().sum(1, keepdim=True) / n_real).clamp_min(1e-12))  # [B, 1, K]
-    best_P = torch.full((B, K), float("inf"), dtype=f64, device=Xs.device)
+    best_P = P_start
     best_D = torch.full((B, K), -float("inf"), dtype=f64, device=Xs.device)
     best_beta, best_b = beta.double(), b.double()
     ar = _OVER_RELAX
