@@ -28,6 +28,11 @@ levels of an attribute (and several attributes at once on a GPU) are solved toge
   on the optimum. We stop when ``(P - D) / P <= tol`` for every head, so the reported
   objective is *proved* within ``tol`` of the LP optimum (``duality_gap_``).
 
+* **a safe start**: each head starts from the better (in the exact objective) of a ridge fit
+  and the intercept-only model, and the returned iterate is never worse than that start. With
+  more features than distinct rated items (common for real attributes: a few hundred items,
+  d = 384..4096) the ridge start interpolates with a large L1 norm, far from the optimum.
+
 Predictions are sorted along the level axis (monotone rearrangement): for every x the sorted
 vector is at least as good in summed pinball loss over the levels as the unsorted one
 (Chernozhukov, Fernandez-Val & Galichon 2010), and it removes quantile crossing.
