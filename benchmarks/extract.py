@@ -64,6 +64,12 @@ def timed(fn, dev) -> float:
     return time.perf_counter() - t
 
 
+def non_embedding_params(model) -> int:
+    """Parameters that cost FLOPs per token (2 each; attention scores not counted): the model
+    FLOP count of both the GPU rows and the CPU roofline columns."""
+    return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+
+
 # --------------------------------------------------------------------------- forward paths
 @torch.inference_mode()
 def run_naive(model, seqs, dev) -> None:
@@ -126,7 +132,7 @@ def bench_random(args) -> list[dict]:
         torch.manual_seed(0)
         with torch.device(dev):
             model = AutoModel.from_config(cfg, dtype=dt, attn_implementation="sdpa").eval()
-        n_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+        n_params = non_embedding_params(model)
         rng = np.random.default_rng(0)
         lens = rng.integers(args.min_len, args.max_len + 1, size=args.n_seqs[arch] if isinstance(args.n_seqs, dict) else args.n_seqs)
         seqs = [rng.integers(0, cfg.vocab_size, size=int(n)).tolist() for n in lens]
@@ -247,10 +253,6 @@ def matmul_peak(dtype: torch.dtype, shapes=((4096, 576, 1536), (4096, 1536, 576)
     return best
 
 
-def model_flops_per_token(bb) -> float:
-    """2 x non-embedding parameters (attention scores not counted, as in the GPU rows)."""
-    n = sum(p.numel() for p in bb.model.parameters()) - bb.model.get_input_embeddings().weight.numel()
-    return 2.0 * n
 
 
 def bench_real(args) -> list[dict]:
@@ -291,7 +293,7 @@ def bench_real(args) -> list[dict]:
                    "ours_tokens": n_ours, "ours_seconds": round(t_ours, 2)}
             row["speedup"] = round(row["ours_tokens_per_s"] / row["naive_tokens_per_s"], 2)
             # the roofline: model FLOP/s of each path vs the measured matmul peak in its precision
-            fpt = model_flops_per_token(bb)
+            fpt = 2.0 * non_embedding_params(bb.model)
             row["model_gflop_per_token"] = round(fpt / 1e9, 4)
             row["naive_gflops"] = round(fpt * naive_tps / 1e9, 1)
             row["ours_gflops"] = round(fpt * row["ours_tokens_per_s"] / 1e9, 1)

@@ -190,8 +190,8 @@ def test_never_worse_than_intercept_only_when_features_outnumber_rows():
     """The real-data regime that broke the ridge start: 42 rated items x 5 raters each on a
     5-point scale, d = 384 small-scale features (MiniLM-like), L1 at the paper's 0.003. The ridge
     start interpolates with a large L1 norm, and ADMM from there returned objectives above the
-    intercept-only model's (beta = 0, b = the tau-quantile of y; 1.28x after 40 iterations).
-    The heads must never be worse than that feasible point."""
+    intercept-only model's (beta = 0, b = the tau-quantile of y; the solver before the safe start
+    fails this test). The heads must never be worse than that feasible point."""
     rng = np.random.default_rng(0)
     n, d, raters = 42, 384, 5
     X = rng.normal(scale=0.15, size=(n, d))

@@ -369,10 +369,11 @@ class Backbone:
             both = self._batched(seqs, [[len(s) - 1, max(q, 0)] for s, q in zip(seqs, pos)], batch_size, bar)
             reward, prompt = both[:, 0], both[:, 1].copy()
             lost = [i for i, q in enumerate(pos) if q < 0]
+            n_tokens = sum(len(s) for s in seqs)
             if lost:  # the cut reached the prompt's end: prompt-only pass for those rows
                 pseqs = [self._causal_prompt_ids(prompts[i]) for i in lost]
                 prompt[lost] = self._batched(pseqs, [[len(s) - 1] for s in pseqs], batch_size)[:, 0]
-            n_tokens = sum(len(s) for s in seqs) + (sum(len(s) for s in pseqs) if lost else 0)
+                n_tokens += sum(len(s) for s in pseqs)  # run through the model too: counted
         else:
             ptexts = [render_prompt_text(p) for p in prompts]
             full = self.tokenizer(ptexts, list(responses), truncation=False)["input_ids"]

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distrm.config import TrainConfig
-from distrm.data.records import PreferencePair, RatedResponse, prompt_key
+from distrm.data.records import PreferencePair, RatedResponse, distinct_items_per_attribute, prompt_key
 from distrm.debias import fit_debias, length_signal
 from distrm.distribution import default_levels
 from distrm.gate import GateTrainConfig, GatingNetwork, train_gate
@@ -46,11 +46,7 @@ class AttributeTargets:
 def drop_thin_attributes(rated: list[RatedResponse], min_items: int) -> tuple[list[RatedResponse], dict[str, int]]:
     """Remove attributes rated on fewer than ``min_items`` distinct items (returned with their
     counts, so the caller reports them); rows left with no attribute are removed too."""
-    items: dict[str, set] = {}
-    for r in rated:
-        for a in r.scores:
-            items.setdefault(a, set()).add((prompt_key(r.prompt), r.response))
-    thin = {a: len(v) for a, v in items.items() if len(v) < min_items}
+    thin = {a: n for a, n in distinct_items_per_attribute(rated).items() if n < min_items}
     if not thin:
         return rated, {}
     kept = []

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distrm.config import DataConfig
-from distrm.data.records import prompt_key
+from distrm.data.records import distinct_items_per_attribute, prompt_key
 
 BINS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -101,16 +101,16 @@ def stats_of(kind: str, loaded: Any) -> dict[str, Any]:
     else:
         st["fields"] = ["prompt", "response", "scores", "scales", "source", "id", "subset"]
         attrs: dict[str, Any] = {}
-        for a in sorted({a for r in recs for a in r.scores}):
+        n_items = distinct_items_per_attribute(recs)
+        for a in sorted(n_items):
             with_a = [r for r in recs if a in r.scores]
             raters = [len(r.rater_scores(a)) for r in with_a]
             vals = [v for r in with_a for v in r.rater_scores(a)]
-            items = len({(prompt_key(r.prompt), r.response) for r in with_a})
             attrs[a] = {
                 "records": len(with_a),
-                "distinct_items": items,
+                "distinct_items": n_items[a],
                 # `distrm train` leaves such attributes out (a head on a handful of items is noise)
-                "below_training_minimum": items < DataConfig.min_items_per_attribute,
+                "below_training_minimum": n_items[a] < DataConfig.min_items_per_attribute,
                 "scale": list(next((r.scales[a] for r in with_a if a in r.scales), (0.0, 1.0))),
                 "raters_per_item": _summ(raters),
                 "ratings": len(vals),

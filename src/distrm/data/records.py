@@ -18,7 +18,7 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar, Union
+from typing import Generic, Iterable, TypeVar, Union
 
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
@@ -65,6 +65,16 @@ class RatedResponse:
         if s is None:
             return []
         return list(s) if isinstance(s, (list, tuple)) else [float(s)]
+
+
+def distinct_items_per_attribute(rated: Iterable[RatedResponse]) -> dict[str, int]:
+    """Distinct (prompt, response) items rated on each attribute: the count that decides
+    whether an attribute has enough data for a head (``data.min_items_per_attribute``)."""
+    items: dict[str, set] = {}
+    for r in rated:
+        for a in r.scores:
+            items.setdefault(a, set()).add((prompt_key(r.prompt), r.response))
+    return {a: len(v) for a, v in items.items()}
 
 
 R = TypeVar("R", PreferencePair, RatedResponse)

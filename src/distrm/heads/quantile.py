@@ -413,6 +413,16 @@ def _prox_pinball(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.
     return v - torch.clamp(v, lo, hi)
 
 
+def _primal_objective(
+    Xs: torch.Tensor, beta: torch.Tensor, b: torch.Tensor, y: torch.Tensor, om: torch.Tensor,
+    mask: torch.Tensor, tau: torch.Tensor, pen: torch.Tensor,
+) -> torch.Tensor:
+    """[B, K] the objective of heads (beta [B, d, K], b [B, 1, K]) in the scaled problem, in
+    float64 (the matmul in X's dtype): sum_i om_i rho_tau(y_i - x_i^T beta - b) + sum_j pen_j |beta_j|."""
+    fit = (Xs @ beta.to(Xs.dtype)).double() + b.double()
+    return (om * pinball((y - fit) * mask, tau)).sum(1) + (pen * beta.double().abs()).sum(1)
+
+
 def _dual_bound(
     nu: torch.Tensor,
     om: torch.Tensor,
@@ -478,14 +488,11 @@ def _admm(
             b[j, 0] = torch.quantile(r0[j, :nj, 0], tau[0, 0])
             b_zero[j, 0] = torch.quantile(y[j, :nj, 0], tau[0, 0])
 
-    def objective(beta_: torch.Tensor, b_: torch.Tensor) -> torch.Tensor:  # [B, K], float64
-        fit_ = (Xs @ beta_.to(cdt)).double() + b_
-        return (om * pinball((y - fit_) * mask, tau)).sum(1) + (pen * beta_.abs()).sum(1)
-
     # Where features outnumber the distinct rows (a few hundred rated items, d = 384..4096) the
     # ridge start interpolates with a large L1 norm, far worse than predicting a constant; start
     # each head from the better of the two, and never return anything worse than that start.
-    P_ridge, P_zero = objective(beta, b), objective(torch.zeros_like(beta), b_zero)
+    P_ridge = _primal_objective(Xs, beta, b, y, om, mask, tau, pen)
+    P_zero = _primal_objective(Xs, torch.zeros_like(beta), b_zero, y, om, mask, tau, pen)
     use_zero = (P_zero < P_ridge).unsqueeze(1)
     beta = torch.where(use_zero, torch.zeros_like(beta), beta)
     b = torch.where(use_zero, b_zero, b)
@@ -542,8 +549,7 @@ def _admm(
             continue
         # float64 primal objective of this iterate, and a certified lower bound
         beta64, b64 = beta.double(), b.double()
-        fit64 = (Xs @ beta).double() + b64
-        P = (om64 * pinball((y64 - fit64) * mask64, tau64)).sum(1) + (pen64 * beta64.abs()).sum(1)
+        P = _primal_objective(Xs, beta64, b64, y64, om64, mask64, tau64, pen64)
         better = P < best_P
         best_P = torch.where(better, P, best_P)
         bm = better.unsqueeze(1)
