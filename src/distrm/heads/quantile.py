@@ -471,9 +471,10 @@ def _admm(
     B, n, d = Xs.shape
     K = tau.shape[-1]
     cdt, f64 = Xs.dtype, torch.float64
-    # X^T v with X^T as a strided view runs ~3x slower than with a contiguous copy in CPU BLAS
-    # for these skinny [d, n] x [n, K] products (measured: 1.08 ms vs 0.34 ms at n=4000, d=384,
-    # K=19); cuBLAS transposes for free, and GPU memory is the scarcer resource there
+    # X^T v with X^T as a strided view is a slow path in CPU BLAS for these skinny [d, n] x [n, K]
+    # products, so CPU keeps a contiguous copy (with the float32 state: 1.78x per fit in
+    # benchmarks/quantile_solver.py vs the parent commit); cuBLAS transposes for free, and GPU
+    # memory is the scarcer resource there
     Xt = Xs.transpose(1, 2)
     if Xs.device.type == "cpu":
         Xt = Xt.contiguous()
