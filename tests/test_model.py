@@ -129,3 +129,25 @@ def test_debias_removes_length_correlation():
     assert spearmanr(means[:, 0] - p[0] * v, v).statistic <= 0.03
     p2 = fit_debias(means, means[:, 2], verbosity_index=2)
     assert p2[2] == 1.0
+
+
+def test_constant_attribute_gets_no_debias_term():
+    """An attribute whose heads are constant up to float rounding (all coefficients zero; the
+    quantile sort leaves ~1e-16 differences) must not get a length penalty: it would turn a
+    flat attribute into a pure "fewer words is better" rule."""
+    from distrm.debias import fit_debias, length_signal
+
+    n = 200
+    rng = torch.Generator().manual_seed(0)
+    v = length_signal([" ".join(["w"] * int(k)) for k in torch.randint(1, 300, (n,), generator=rng)])
+    informative = 0.5 + 0.3 * v + 0.05 * torch.randn(n, generator=rng, dtype=torch.float64)  # length-correlated
+    flat = torch.full((n,), 0.6317, dtype=torch.float64) + torch.randn(n, generator=rng, dtype=torch.float64) * 1e-16
+    p = fit_debias(torch.stack([informative, flat], 1), v)
+    assert float(p[0]) > 0  # the length-correlated attribute is debiased
+    assert float(p[1]) == 0.0  # the flat one is not
+
+
+def test_empty_responses_are_scored_with_a_warning(tiny_model):
+    with pytest.warns(UserWarning, match="1 of 2 responses are empty"):
+        out = tiny_model.score(["Hello?", "Hello?"], ["Hi there!", "   "])
+    assert torch.isfinite(out.reward.values).all()

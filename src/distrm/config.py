@@ -46,9 +46,19 @@ class BackboneConfig:
 class HeadsConfig:
     kind: Literal["quantile", "ridge"] = "quantile"
     n_levels: int = 19  # levels linspace(0, 1, K + 2)[1:-1]: 0.05..0.95 for K = 19
-    alpha: float = 0.003  # L1 penalty on the mean pinball loss (paper)
-    tol: float = 1e-3  # certified relative duality gap at which the solver stops (0.1%)
-    max_iter: int = 1000  # ADMM iterations per attribute (~2 ms each at n=300, d=384 on CPU)
+    # L1 penalty on standardised features; null = chosen per attribute by cross-validation
+    # (grouped by prompt) on a decreasing alpha path. A number fixes it (QRM's paper: 0.003,
+    # on raw Llama-3-8B features)
+    alpha: float | None = None
+    n_alphas: int = 8  # path length, the intercept-only (marginal) model included
+    alpha_min_ratio: float = 0.01  # smallest alpha on the path / the smallest alpha giving the marginal model
+    cv_folds: int = 3  # folds (whole prompts held out)
+    cv_levels: int | None = 9  # levels scored in CV (linspace as n_levels); null = all n_levels
+    standardize: bool = True  # penalty on standardised features: the same on every backbone
+    solver: Literal["ipm", "admm"] = "ipm"  # exact interior point; admm for problems too big for d x d systems
+    tol: float | None = None  # certified relative duality gap (default 1e-6 ipm, 1e-3 admm)
+    max_iter: int | None = None  # per solve (default 100 ipm Newton steps, 5000 admm steps)
+    drop_uninformative: bool = False  # leave out attributes whose heads do not beat their marginal held out
     device: str | None = None
 
 
@@ -64,6 +74,7 @@ class GateConfig:
     batch_size: int = 1024
     weight_decay: float = 1e-3
     epochs: int = 3
+    val_fraction: float = 0.15  # training pairs (whole prompts) held out to report the gate's accuracy
 
 
 @dataclass
@@ -79,7 +90,7 @@ class EnsembleConfig:
 
     n_members: int = 10  # N (uncertainty-aware RLHF paper: 10)
     bootstrap: bool = False  # resample the training pairs per member
-    l2: float = 1e-3  # (l2 / 2) ||w_i||^2 per member
+    l2: float | None = None  # (l2 / 2) ||w_i||^2 per member (standardised features); null = chosen by CV on held-out pair likelihood
     lr: float = 1e-2  # Adam
     epochs: int = 30
     batch_size: int | None = 256  # None: full batch

@@ -38,6 +38,12 @@ def length_signal(responses: Sequence[str]) -> torch.Tensor:
     return (torch.log1p(words) / math.log1p(LENGTH_CAP_WORDS)).clamp(max=1.0)
 
 
+def _is_constant(x: np.ndarray) -> bool:
+    """Constant up to float rounding: a spread below 1e-9 of the values' magnitude (heads whose
+    coefficients are all zero give means that differ by ~1e-16 after the quantile sort)."""
+    return bool(np.ptp(x) <= 1e-9 * max(1.0, float(np.abs(x).max()))) if len(x) else True
+
+
 def fit_debias(
     attribute_means: torch.Tensor, verbosity: torch.Tensor, threshold: float = 0.03, verbosity_index: int | None = None
 ) -> torch.Tensor:
@@ -52,14 +58,14 @@ def fit_debias(
     v = verbosity.double().cpu().numpy()
     if a.shape[0] != v.shape[0]:
         raise ValueError("attribute means and verbosity signal disagree on the number of responses")
-    if np.std(v) == 0:
+    if _is_constant(v):
         return torch.zeros(a.shape[1], dtype=torch.float64)
     p = np.zeros(a.shape[1])
     for m in range(a.shape[1]):
         if verbosity_index is not None and m == verbosity_index:
             p[m] = 1.0
             continue
-        if np.std(a[:, m]) == 0:
+        if _is_constant(a[:, m]):  # a flat attribute: a penalty would turn it into a pure length rule
             continue
         p[m] = GRID[-1]
         for cand in GRID:

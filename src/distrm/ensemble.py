@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,11 @@ from distrm import __version__
 from distrm.data.records import PreferencePair, Prompt
 from distrm.distribution import RewardDistribution, parse_risk
 from distrm.hub import load_reward_model  # noqa: F401  (re-exported: the loader for any saved model)
-from distrm.model import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, ScoreOutput
+from distrm.model import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, ScoreOutput, warn_empty
 
 MODEL_TYPE = "ensemble"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -156,6 +159,7 @@ class EnsembleRewardModel:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         from distrm.features import extract
 
+        warn_empty(responses)
         feats = extract(self.backbone, list(prompts), list(responses), batch_size=batch_size, progress=False)
         return self.score_features(torch.as_tensor(np.asarray(feats.reward)), None, responses)
 
@@ -263,7 +267,7 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
     if not pairs:
         raise ValueError("an ensemble reward model needs preference pairs (data.pairs)")
     log["data"] = {"pairs": len(pairs), "reports": reports}
-    print(f"data: {len(pairs)} training pairs")
+    logger.info("data: %d training pairs", len(pairs))
     log["timings_s"]["data"] = time.perf_counter() - t0
 
     bc = cfg.backbone
@@ -276,10 +280,19 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
     log["timings_s"]["features"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    l2 = ec.l2
+    if l2 is None:  # one BT head's penalty, chosen on held-out pairs (whole prompts held out)
+        from distrm.data.splits import split_key
+        from distrm.heads.baselines import BTHeadCV
+
+        cvh = BTHeadCV(seed=cfg.seed).fit(Xc, Xr, groups=[split_key(p.prompt) for p in pairs])
+        l2 = cvh.l2_
+        log["l2_cv"] = {"l2": l2, "grid": cvh.cv_l2s_, "heldout_log_likelihood_per_pair": cvh.cv_log_likelihood_}
+        logger.info("ensemble: l2 = %g chosen by 3-fold CV on held-out pair likelihood (grid %s)", l2, cvh.cv_l2s_)
     heads = BTEnsembleHeads(
         n_members=ec.n_members,
         bootstrap=ec.bootstrap,
-        l2=ec.l2,
+        l2=l2,
         lr=ec.lr,
         epochs=ec.epochs,
         batch_size=ec.batch_size,
@@ -295,7 +308,7 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
         backbone_identity=getattr(backbone, "identity", None),
         backbone_max_length=bc.max_length,
         backbone_dtype=bc.dtype,
-        training={**dataclasses.asdict(ec), "n_pairs": len(pairs)},
+        training={**dataclasses.asdict(ec), "l2": l2, "n_pairs": len(pairs)},
     )
     model._backbone = backbone
     log["member_train_accuracy"] = heads.train_accuracy_.tolist()
@@ -303,11 +316,11 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
     log["diversity"] = member_diversity(model.member_rewards(Xc))
     acc = float((model.score_features(Xc).mean > model.score_features(Xr).mean).double().mean())
     log["train_pair_accuracy"] = acc
-    print(f"train pair accuracy (ensemble mean): {acc:.3f}; members {min(log['member_train_accuracy']):.3f}.."
-          f"{max(log['member_train_accuracy']):.3f}; member reward corr {log['diversity']['mean_pairwise_corr']:.3f}")
+    logger.info("train pair accuracy (ensemble mean): %.3f; members %.3f..%.3f; member reward corr %.3f", acc,
+                min(log["member_train_accuracy"]), max(log["member_train_accuracy"]), log["diversity"]["mean_pairwise_corr"])
     model.save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log, indent=2, default=str) + "\n", encoding="utf-8")
-    print(f"saved ensemble to {out}")
+    logger.info("saved ensemble to %s", out)
     return model
 
 

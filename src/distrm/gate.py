@@ -50,12 +50,17 @@ class GatingNetwork(nn.Module):
         layers.append(nn.Linear(d, n_attributes))
         self.net = nn.Sequential(*layers)
         self.temperature = temperature
+        # standardisation of the prompt features (fitted on the training prompts by train_gate):
+        # the weight decay then means the same on every backbone
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_scale", torch.ones(in_dim))
         # log of the BT scale s; exp keeps it positive. Starts at s = 10 (rewards in [0, 1]).
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
     def forward(self, prompt_features: torch.Tensor) -> torch.Tensor:
         """Gate weights [n, M], rows sum to one."""
-        return F.softmax(self.net(prompt_features) / self.temperature, dim=-1)
+        x = (prompt_features - self.input_mean) / self.input_scale
+        return F.softmax(self.net(x) / self.temperature, dim=-1)
 
 
 @dataclass
@@ -99,6 +104,10 @@ def train_gate(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     diff = (mean_chosen - mean_rejected).float()
     feats = prompt_features.float()
+    with torch.no_grad():
+        gate.input_mean.copy_(feats.mean(0))
+        sd = feats.std(0, unbiased=False)
+        gate.input_scale.copy_(torch.where(sd > 1e-12 * sd.max().clamp_min(1e-30), sd, torch.ones_like(sd)))
     log: list[dict] = []
     bar = tqdm(total=total, desc="gate", disable=not cfg.progress, leave=False)
     gate.train()

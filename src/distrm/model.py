@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -100,6 +101,15 @@ class ScoreOutput:
                 }
             )
         return rows
+
+
+def warn_empty(responses: Sequence[str]) -> int:
+    """Warn (once per call) when responses are empty or whitespace: they are scored as given,
+    but a score for no answer at all is rarely what the caller meant. Returns the count."""
+    n = sum(1 for r in responses if isinstance(r, str) and not r.strip())
+    if n:
+        warnings.warn(f"{n} of {len(responses)} responses are empty; scored as given", UserWarning, stacklevel=3)
+    return n
 
 
 class DistributionalRewardModel:
@@ -198,6 +208,7 @@ class DistributionalRewardModel:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         from distrm.features import extract
 
+        warn_empty(responses)
         feats = extract(self.backbone, list(prompts), list(responses), batch_size=batch_size, progress=False)
         return self.score_features(torch.as_tensor(feats.reward), torch.as_tensor(feats.prompt), responses)
 

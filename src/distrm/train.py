@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,15 @@ from safetensors.torch import load_file, save_file
 
 from distrm.config import TrainConfig
 from distrm.data.records import PreferencePair, RatedResponse, distinct_items_per_attribute, prompt_key
+from distrm.data.splits import is_test, split_key
 from distrm.debias import fit_debias, length_signal
 from distrm.distribution import default_levels
 from distrm.gate import GateTrainConfig, GatingNetwork, train_gate
 from distrm.heads.baselines import RidgeHeads
-from distrm.heads.quantile import QuantileHeads
+from distrm.heads.quantile import QuantileHeads, QuantileHeadsCV
 from distrm.model import DistributionalRewardModel, ModelConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -143,23 +147,41 @@ def _cap_per_source(records, cap: int):
 
 
 def fit_heads(cfg: TrainConfig, X: torch.Tensor, t: AttributeTargets, ckpt_dir: Path, backbone_id: str):
-    """Fit (or reload from checkpoint) the attribute heads. Returns (coef [M,K,d], intercept [M,K], levels)."""
+    """Fit (or reload from checkpoint) the attribute heads.
+
+    Returns (coef [M,K,d], intercept [M,K], levels, report): ``report`` has one row per
+    attribute (chosen alpha, held-out pinball loss of the heads and of the marginal model,
+    non-zero coefficients, certified duality gap, informative?)."""
     hc = cfg.heads
     M = len(t.attributes)
-    fp = _fingerprint(dataclasses.asdict(hc), backbone_id, t.attributes, t.index, t.attribute, t.y, t.weight)
+    fp = _fingerprint(dataclasses.asdict(hc), backbone_id, t.attributes, t.index, t.attribute, t.y, t.weight, cfg.seed)
     path = ckpt_dir / f"heads-{fp}.safetensors"
-    if path.is_file():
+    report_path = path.with_suffix(".json")
+    if path.is_file() and report_path.is_file():
         s = load_file(str(path))
         levels = s["levels"].tolist() if "levels" in s else None
-        print(f"heads: reusing checkpoint {path}")
-        return s["coef"], s["intercept"], levels
+        logger.info("heads: reusing checkpoint %s", path)
+        return s["coef"], s["intercept"], levels, json.loads(report_path.read_text(encoding="utf-8"))
     t0 = time.perf_counter()
     if hc.kind == "quantile":
         levels = default_levels(hc.n_levels, torch.float64)
-        heads = QuantileHeads(levels=levels, alpha=hc.alpha, device=hc.device, tol=hc.tol, max_iter=hc.max_iter, verbose=cfg.progress)
-        heads.fit(X, t.y, attribute=t.attribute, index=t.index, n_attributes=M, sample_weight=t.weight)
-        gap = float(heads.duality_gap_.max())
-        print(f"heads: certified relative duality gap <= {gap:.2e} (tol {hc.tol:.0e})")
+        common = dict(levels=levels, standardize=hc.standardize, solver=hc.solver, device=hc.device, tol=hc.tol,
+                      max_iter=hc.max_iter)
+        if hc.alpha is None:
+            cv_levels = None if hc.cv_levels is None else default_levels(hc.cv_levels, torch.float64)
+            heads = QuantileHeadsCV(n_alphas=hc.n_alphas, alpha_min_ratio=hc.alpha_min_ratio, cv=hc.cv_folds,
+                                    cv_levels=cv_levels, seed=cfg.seed, progress=cfg.progress, **common)
+            groups = [split_key(p) for p in t.prompts]
+            heads.fit(X, t.y, attribute=t.attribute, index=t.index, n_attributes=M, sample_weight=t.weight, groups=groups)
+            report = heads.report(t.attributes)
+        else:
+            heads = QuantileHeads(alpha=hc.alpha, **common)
+            heads.fit(X, t.y, attribute=t.attribute, index=t.index, n_attributes=M, sample_weight=t.weight)
+            nnz = heads.n_nonzero()
+            report = [{"attribute": a, "alpha": hc.alpha, "heldout_pinball": None, "marginal_pinball": None,
+                       "improvement": None, "nonzero_median": float(nnz[m].double().median()),
+                       "nonzero_max": int(nnz[m].max()), "duality_gap": float(heads.duality_gap_[m].max()),
+                       "informative": None} for m, a in enumerate(t.attributes)]
         coef, intercept, lv = heads.coef_.double().cpu(), heads.intercept_.double().cpu(), levels
     elif hc.kind == "ridge":
         rep = t.weight.astype(np.int64)  # back to one row per rater: ridge fits their mean
@@ -167,17 +189,38 @@ def fit_heads(cfg: TrainConfig, X: torch.Tensor, t: AttributeTargets, ckpt_dir: 
             X, np.repeat(t.y, rep), attribute=np.repeat(t.attribute, rep), index=np.repeat(t.index, rep), n_attributes=M
         )
         coef, intercept, lv = heads.coef_.unsqueeze(1), heads.intercept_.unsqueeze(1), None
+        report = [{"attribute": a, "ridge_alpha": float(heads.alpha_[m])} for m, a in enumerate(t.attributes)]
     else:
         raise ValueError(f"heads.kind must be 'quantile' or 'ridge', got {hc.kind!r}")
-    print(f"heads: fitted {M} attributes x {coef.shape[1]} levels on {len(t.y)} targets in {time.perf_counter() - t0:.1f}s")
+    logger.info("heads: fitted %d attributes x %d levels on %d targets in %.1fs", M, coef.shape[1], len(t.y),
+                time.perf_counter() - t0)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tensors = {"coef": coef.contiguous(), "intercept": intercept.contiguous()}
     if lv is not None:
         tensors["levels"] = torch.as_tensor(lv, dtype=torch.float64)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
+    tmp_r = report_path.with_suffix(".json.tmp")
+    tmp_r.write_text(json.dumps(report, indent=1), encoding="utf-8")
     tmp.replace(path)
-    return coef, intercept, (lv.tolist() if lv is not None else None)
+    tmp_r.replace(report_path)
+    return coef, intercept, (lv.tolist() if lv is not None else None), report
+
+
+def format_heads_report(report: list[dict]) -> str:
+    """The per-attribute table ``distrm train`` prints."""
+    if not report or "heldout_pinball" not in report[0]:
+        return ""
+    lines = [f"{'attribute':<32}{'alpha':>10}{'held-out':>10}{'marginal':>10}{'gain':>8}{'nonzero':>9}{'gap':>9}"]
+    for r in report:
+        alpha = "marginal" if r["alpha"] is None else f"{r['alpha']:.2e}"
+        ho = "" if r["heldout_pinball"] is None else f"{r['heldout_pinball']:.4f}"
+        mg = "" if r["marginal_pinball"] is None else f"{r['marginal_pinball']:.4f}"
+        gain = "" if r["improvement"] is None else f"{100 * r['improvement']:+.1f}%"
+        flag = "" if r["informative"] in (True, None) else "  <- no better than its marginal"
+        lines.append(f"{r['attribute']:<32}{alpha:>10}{ho:>10}{mg:>10}{gain:>8}{r['nonzero_median']:>9.0f}"
+                     f"{r['duality_gap']:>9.1e}{flag}")
+    return "\n".join(lines)
 
 
 def train(cfg: TrainConfig) -> DistributionalRewardModel:
@@ -192,16 +235,18 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
     rated, pairs, reports = load_training_data(cfg)
     rated, thin = drop_thin_attributes(rated, cfg.data.min_items_per_attribute)
     if thin:
-        print(f"data: left out {len(thin)} attributes rated on < {cfg.data.min_items_per_attribute} items: "
-              + ", ".join(f"{a} ({n})" for a, n in thin.items()))
+        logger.warning("data: left out %d attributes rated on < %d items: %s", len(thin), cfg.data.min_items_per_attribute,
+                       ", ".join(f"{a} ({n})" for a, n in thin.items()))
     log["data"] = {"rated_rows": len(rated), "pairs": len(pairs), "reports": reports, "thin_attributes_left_out": thin}
     if not rated:
         raise ValueError("no rated responses to train the attribute heads on")
     targets = build_targets(rated)
-    print(
-        f"data: {len(targets.prompts)} rated items, {int(targets.weight.sum())} rater scores "
-        f"({len(targets.y)} distinct) over {len(targets.attributes)} attributes; {len(pairs)} pairs"
-    )
+    logger.info(
+        "data: %d rated items, %d rater scores (%d distinct) over %d attributes; %d pairs", len(targets.prompts),
+        int(targets.weight.sum()), len(targets.y), len(targets.attributes), len(pairs))
+    n_empty = sum(not r.strip() for r in targets.responses) + sum(not p.chosen.strip() or not p.rejected.strip() for p in pairs)
+    if n_empty:
+        logger.warning("data: %d empty responses in the training data (kept and scored like any other)", n_empty)
     log["timings_s"]["data"] = time.perf_counter() - t0
 
     bc = cfg.backbone
@@ -215,8 +260,29 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
 
     t0 = time.perf_counter()
     X = torch.as_tensor(np.asarray(rated_feats.reward), dtype=torch.float64)
-    coef, intercept, levels = fit_heads(cfg, X, targets, out / "checkpoints", backbone.identity)
+    coef, intercept, levels, heads_report = fit_heads(cfg, X, targets, out / "checkpoints", backbone.identity)
     log["timings_s"]["heads"] = time.perf_counter() - t0
+    log["heads"] = heads_report
+    table = format_heads_report(heads_report)
+    if table:
+        logger.info("heads: held-out pinball loss (%d-fold CV by prompt) vs the marginal (intercept-only) model\n%s",
+                    cfg.heads.cv_folds, table)
+    flat = [r["attribute"] for r in heads_report if r.get("informative") is False]
+    if flat:
+        logger.warning(
+            "heads: %d of %d attributes predict held-out ratings no better than their marginal distribution "
+            "(their scores will not depend on the response): %s. %s", len(flat), len(heads_report), ", ".join(flat),
+            "Leaving them out (heads.drop_uninformative=true)." if cfg.heads.drop_uninformative and len(flat) < len(heads_report)
+            else "Set heads.drop_uninformative=true to leave them out, or add rated data for them.")
+        if cfg.heads.drop_uninformative:
+            keep = [m for m, r in enumerate(heads_report) if r.get("informative") is not False]
+            if not keep:  # nothing would be left: keep them all, the model is then a constant
+                logger.warning("heads: no attribute beats its marginal: keeping all of them; this model's scores do "
+                               "not depend on the response (more rated data, or heads.alpha, may help)")
+            else:
+                coef, intercept = coef[keep], intercept[keep]
+                targets = dataclasses.replace(targets, attributes=[targets.attributes[m] for m in keep])
+                log["dropped_uninformative"] = flat
 
     gc = cfg.gate
     M = len(targets.attributes)
@@ -252,11 +318,19 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
         raise ValueError(f"gate.kind must be 'learned' or 'fixed', got {gc.kind!r}")
     model = DistributionalRewardModel(mcfg, coef, intercept, gate=gate, backbone=backbone)
 
-    Rc = torch.as_tensor(np.asarray(pair_c.reward))
-    Rr = torch.as_tensor(np.asarray(pair_r.reward))
-    Pc = torch.as_tensor(np.asarray(pair_c.prompt))
-    chosen_txt, rejected_txt = [p.chosen for p in pairs], [p.rejected for p in pairs]
-    if dc.enabled and pairs:
+    Rc_all = torch.as_tensor(np.asarray(pair_c.reward))
+    Rr_all = torch.as_tensor(np.asarray(pair_r.reward))
+    Pc_all = torch.as_tensor(np.asarray(pair_c.prompt))
+    # held-out pairs for the report: whole prompts, an independent hash of the training side
+    val = np.array([is_test(p.prompt, gc.val_fraction, salt="distrm-gate-validation") for p in pairs], dtype=bool)
+    if val.sum() < 20 or (~val).sum() < 2:
+        val[:] = False
+    tr_idx, va_idx = np.nonzero(~val)[0], np.nonzero(val)[0]
+    Rc, Rr, Pc = Rc_all[tr_idx], Rr_all[tr_idx], Pc_all[tr_idx]
+    chosen_txt = [pairs[i].chosen for i in tr_idx]
+    rejected_txt = [pairs[i].rejected for i in tr_idx]
+    log["data"]["gate_pairs"] = {"train": len(tr_idx), "validation": len(va_idx)}
+    if dc.enabled and len(tr_idx):
         # debias on raw attribute means of the training pairs, chosen and rejected pooled
         model.debias = torch.zeros(M, dtype=torch.float64)
         raw = torch.cat(
@@ -271,11 +345,11 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
             raise ValueError(f"debias.source must be 'length' or a trained attribute {targets.attributes}, got {dc.source!r}")
         model.debias = fit_debias(raw, v, dc.threshold, vi)
         log["debias"] = dict(zip(targets.attributes, model.debias.tolist()))
-        print("debias p:", {a: round(p, 3) for a, p in log["debias"].items()})
+        logger.info("debias p: %s", {a: round(p, 3) for a, p in log["debias"].items() if p})
 
     t0 = time.perf_counter()
     if gate is not None:
-        if not pairs:
+        if not len(tr_idx):
             raise ValueError("a learned gate needs preference pairs (or use gate.kind=fixed)")
         mc = model.attribute_distribution(Rc, chosen_txt).mean()
         mr = model.attribute_distribution(Rr, rejected_txt).mean()
@@ -283,11 +357,40 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
         log["gate"] = train_gate(gate, Pc.float(), mc, mr, tc)
         model.gate = gate.eval()
     log["timings_s"]["gate"] = time.perf_counter() - t0
-    if pairs:
+    if len(tr_idx):
         s = model.score_features(Rc, Pc, chosen_txt).mean - model.score_features(Rr, Pc, rejected_txt).mean
         log["train_pair_accuracy"] = float((s > 0).double().mean())
-        print(f"train pair accuracy (mixture mean): {log['train_pair_accuracy']:.3f} on {len(pairs)} pairs")
+    if len(va_idx):
+        vp = [pairs[i] for i in va_idx]
+        rep = pair_report(model, Rc_all[va_idx], Rr_all[va_idx], Pc_all[va_idx], vp)
+        log["validation"] = rep
+        logger.info(
+            "gate: held-out pairs (%d, whole prompts): mixture accuracy %.3f (train %.3f) vs longer-wins %.3f; "
+            "agrees with shorter-wins on %.3f of pairs of unequal length",
+            rep["n_pairs"], rep["accuracy"], log.get("train_pair_accuracy", float("nan")), rep["longer_wins_accuracy"],
+            rep["agreement_with_shorter_wins"])
     model.save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log, indent=2, default=str) + "\n", encoding="utf-8")
-    print(f"saved model to {out}")
+    logger.info("saved model to %s", out)
     return model
+
+
+def pair_report(model: DistributionalRewardModel, Rc: torch.Tensor, Rr: torch.Tensor, Pc: torch.Tensor,
+                pairs: list[PreferencePair]) -> dict:
+    """Held-out pair accuracy of the mixture mean beside the length heuristics (a tie counts
+    as wrong, as in RewardBench), and how often the model agrees with "the shorter wins"."""
+    sc = model.score_features(Rc, Pc, [p.chosen for p in pairs]).mean
+    sr = model.score_features(Rr, Pc, [p.rejected for p in pairs]).mean
+    lc = np.array([len(p.chosen.split()) for p in pairs])
+    lr = np.array([len(p.rejected.split()) for p in pairs])
+    pick_chosen = (sc > sr).numpy()
+    unequal = lc != lr
+    prefers_shorter = np.where(pick_chosen, lc < lr, lr < lc)
+    return {
+        "n_pairs": len(pairs),
+        "accuracy": float(pick_chosen.mean()),
+        "longer_wins_accuracy": float((lc > lr).mean()),
+        "shorter_wins_accuracy": float((lc < lr).mean()),
+        "agreement_with_shorter_wins": float(prefers_shorter[unequal].mean()) if unequal.any() else float("nan"),
+        "ties": int((sc == sr).sum()),
+    }

@@ -63,11 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _log_to_stderr()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as e:  # user errors: one clear line
         print(f"distrm {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _log_to_stderr() -> None:
+    """Library modules log through ``logging``; the CLI shows their INFO messages on stderr,
+    plainly (unless the caller configured logging already)."""
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    logging.getLogger("distrm").setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

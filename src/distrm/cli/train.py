@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("score", help="score (prompt, response) pairs with a saved model")
     s.add_argument("model", help="model directory written by distrm train")
     s.add_argument("--prompt", action="append", default=[], help="prompt text (repeat for several)")
-    s.add_argument("--response", action="append", default=[], help="response text (one per --prompt)")
+    s.add_argument("--response", action="append", default=[], help="response text (one per --prompt, or several for one --prompt)")
     s.add_argument("--input", default=None, help="JSONL file with prompt/response fields instead of --prompt/--response")
     s.add_argument("--risk", action="append", default=[], help="risk measure, e.g. cvar:alpha=0.1, exp_utility:lam=2")
     s.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
@@ -90,8 +90,10 @@ def _read_inputs(args) -> tuple[list, list[str]]:
                 prompts.append(row["prompt"])
                 responses.append(row["response"])
         return prompts, responses
+    if len(args.prompt) == 1 and len(args.response) > 1:  # one prompt, several responses to compare
+        return args.prompt * len(args.response), args.response
     if len(args.prompt) != len(args.response) or not args.prompt:
-        raise ValueError("give one --response per --prompt (or --input FILE.jsonl)")
+        raise ValueError("give one --response per --prompt, or one --prompt and several --response (or --input FILE.jsonl)")
     return args.prompt, args.response
 
 

@@ -6,7 +6,8 @@
   validation split of items. Unlike ArmoRM we fit an intercept: our features are not
   centred. Output: one value per attribute (``[n, M, 1]``).
 * :class:`BTHead` -- a linear Bradley-Terry reward model r(x) = w^T phi(x), fit on
-  preference pairs by L-BFGS on -log sigmoid(r_c - r_r) + l2 ||w||^2 / 2.
+  preference pairs by L-BFGS on -log sigmoid(r_c - r_r) + l2 ||w||^2 / 2, on standardised
+  features; :class:`BTHeadCV` picks l2 on held-out pair likelihood (folds hold out prompts).
 """
 
 from __future__ import annotations
@@ -78,18 +79,38 @@ class RidgeHeads:
 
 
 class BTHead:
-    """Linear Bradley-Terry reward model on frozen features."""
+    """Linear Bradley-Terry reward model on frozen features, sklearn-like.
 
-    def __init__(self, l2: float = 1e-3, max_iter: int = 200) -> None:
+    Args:
+        l2: ridge penalty (l2 / 2) ||w||^2 on the standardised weights (see ``standardize``).
+        max_iter: L-BFGS iterations.
+        standardize: divide each feature by its spread over the training responses (chosen and
+            rejected pooled) before the penalty, so that ``l2`` means the same on every backbone;
+            folded into ``coef_`` (which acts on raw features). No centring: the mean cancels in
+            r_c - r_r.
+    """
+
+    def __init__(self, l2: float = 1e-3, max_iter: int = 200, standardize: bool = True) -> None:
         self.l2 = l2
         self.max_iter = max_iter
+        self.standardize = standardize
 
-    def fit(self, X_chosen, X_rejected) -> "BTHead":
+    @staticmethod
+    def _check(X_chosen, X_rejected) -> tuple[torch.Tensor, torch.Tensor]:
         Xc = torch.as_tensor(np.asarray(X_chosen), dtype=torch.float64)
         Xr = torch.as_tensor(np.asarray(X_rejected), dtype=torch.float64)
         if Xc.shape != Xr.shape or Xc.ndim != 2:
-            raise ValueError("chosen and rejected features must both be [n, d]")
-        D = Xc - Xr
+            raise ValueError(f"chosen and rejected features must both be [n, d]; got {tuple(Xc.shape)}, {tuple(Xr.shape)}")
+        if Xc.shape[0] == 0:
+            raise ValueError("no preference pairs to fit on")
+        return Xc, Xr
+
+    def fit(self, X_chosen, X_rejected) -> "BTHead":
+        if not self.l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        Xc, Xr = self._check(X_chosen, X_rejected)
+        scale = feature_scale(torch.cat([Xc, Xr])) if self.standardize else torch.ones(Xc.shape[1], dtype=torch.float64)
+        D = (Xc - Xr) / scale
         w = torch.zeros(D.shape[1], dtype=torch.float64, requires_grad=True)
         opt = torch.optim.LBFGS([w], max_iter=self.max_iter, line_search_fn="strong_wolfe")
 
@@ -100,11 +121,70 @@ class BTHead:
             return loss
 
         opt.step(closure)
-        self.coef_ = w.detach()
-        self.train_accuracy_ = float(((D @ self.coef_) > 0).double().mean())
+        self.coef_ = w.detach() / scale
+        self.feature_scale_ = scale
+        self.train_accuracy_ = float((((Xc - Xr) @ self.coef_) > 0).double().mean())
         self.n_features_in_ = D.shape[1]
         return self
 
     def predict(self, X) -> torch.Tensor:
         """[n] rewards (no intercept: it cancels in every comparison)."""
         return torch.as_tensor(np.asarray(X), dtype=torch.float64) @ self.coef_
+
+
+def feature_scale(X: torch.Tensor) -> torch.Tensor:
+    """[d] the spread of each feature (1 for a constant one)."""
+    sd = X.std(0, unbiased=False)
+    return torch.where(sd > 1e-12 * sd.max().clamp_min(1e-300), sd, torch.ones_like(sd))
+
+
+L2_GRID = tuple(10.0**k for k in range(-4, 3))
+
+
+def pair_log_likelihood(coef: torch.Tensor, Xc: torch.Tensor, Xr: torch.Tensor) -> float:
+    """Mean log sigmoid(r_c - r_r): the Bradley-Terry log-likelihood per pair."""
+    return float(F.logsigmoid((Xc - Xr) @ coef).mean())
+
+
+class BTHeadCV(BTHead):
+    """:class:`BTHead` with ``l2`` chosen on held-out pair likelihood: K-fold cross-validation
+    with whole prompts held out (``groups``), then a refit on every pair at the best value.
+
+    Fitted, beside :class:`BTHead`'s: ``l2_`` (chosen), ``cv_l2s_``, ``cv_log_likelihood_``
+    (mean held-out log-likelihood per pair, per grid value)."""
+
+    def __init__(self, l2s: tuple[float, ...] = L2_GRID, cv: int = 3, max_iter: int = 200, standardize: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__(l2=float("nan"), max_iter=max_iter, standardize=standardize)
+        self.l2s = l2s
+        self.cv = cv
+        self.seed = seed
+
+    def fit(self, X_chosen, X_rejected, groups=None) -> "BTHeadCV":
+        from distrm.heads.cv import group_folds
+
+        Xc, Xr = self._check(X_chosen, X_rejected)
+        grid = sorted(float(v) for v in self.l2s)
+        if not grid or any(not v >= 0 for v in grid):
+            raise ValueError(f"l2s must be a non-empty list of values >= 0, got {self.l2s}")
+        n = Xc.shape[0]
+        groups = list(range(n)) if groups is None else list(groups)
+        if len(groups) != n:
+            raise ValueError(f"groups has {len(groups)} entries for {n} pairs")
+        fold = torch.as_tensor(group_folds(groups, self.cv, self.seed))
+        ll = torch.zeros(len(grid), dtype=torch.float64)
+        for f in range(int(fold.max()) + 1):
+            te, tr = fold == f, fold != f
+            if not bool(te.any()) or not bool(tr.any()):
+                continue
+            for i, l2 in enumerate(grid):
+                h = BTHead(l2=l2, max_iter=self.max_iter, standardize=self.standardize).fit(Xc[tr], Xr[tr])
+                ll[i] += float(F.logsigmoid((Xc[te] - Xr[te]) @ h.coef_).sum())
+        ll /= n
+        best = int(ll.argmax())
+        self.l2_ = grid[best]
+        self.cv_l2s_, self.cv_log_likelihood_ = grid, ll.tolist()
+        h = BTHead(l2=self.l2_, max_iter=self.max_iter, standardize=self.standardize).fit(Xc, Xr)
+        self.coef_, self.feature_scale_ = h.coef_, h.feature_scale_
+        self.train_accuracy_, self.n_features_in_ = h.train_accuracy_, h.n_features_in_
+        return self

@@ -72,6 +72,8 @@ class BTEnsembleHeads:
         optimizer: "adam" (mini-batch, finite epochs) or "lbfgs" (full batch, to convergence).
         init: "random" or "single_head" (fit one head first, attach the N heads at it).
         max_iter: L-BFGS iterations (also for the single head).
+        standardize: train on features divided by their spread (so ``l2`` and ``init_std`` mean
+            the same on every backbone); folded into ``coef_``, which acts on raw features.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class BTEnsembleHeads:
         optimizer: Optimizer = "adam",
         init: Init = "random",
         max_iter: int = 500,
+        standardize: bool = True,
     ) -> None:
         self.n_members = n_members
         self.bootstrap = bootstrap
@@ -99,6 +102,7 @@ class BTEnsembleHeads:
         self.optimizer = optimizer
         self.init = init
         self.max_iter = max_iter
+        self.standardize = standardize
 
     # ------------------------------------------------------------------ loss
     def _member_losses(self, W: torch.Tensor, D: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -109,15 +113,15 @@ class BTEnsembleHeads:
 
     def member_losses(self, X_chosen: Any, X_rejected: Any) -> torch.Tensor:
         """[N] each member's own objective L_i (its bootstrap weights included) at the fit."""
-        D = _as_f64(X_chosen) - _as_f64(X_rejected)
-        return self._member_losses(self.coef_, D, self.counts_)
+        D = (_as_f64(X_chosen) - _as_f64(X_rejected)) / self.feature_scale_
+        return self._member_losses(self.coef_ * self.feature_scale_, D, self.counts_)
 
     def member_gradients(self, X_chosen: Any, X_rejected: Any) -> torch.Tensor:
         """[N, d] dL_i/dw_i at the fitted weights (~0 when each member reached its optimum)."""
-        D = _as_f64(X_chosen) - _as_f64(X_rejected)
-        W = self.coef_.clone().requires_grad_(True)
+        D = (_as_f64(X_chosen) - _as_f64(X_rejected)) / self.feature_scale_
+        W = (self.coef_ * self.feature_scale_).requires_grad_(True)
         self._member_losses(W, D, self.counts_).sum().backward()
-        return W.grad.detach()
+        return W.grad.detach()  # with respect to the standardised weights
 
     # ------------------------------------------------------------------ fit
     def fit(self, X_chosen: Any, X_rejected: Any) -> "BTEnsembleHeads":
@@ -132,7 +136,10 @@ class BTEnsembleHeads:
             raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
         if self.init not in ("random", "single_head"):
             raise ValueError(f"init must be 'random' or 'single_head', got {self.init!r}")
-        D = Xc - Xr
+        from distrm.heads.baselines import feature_scale
+
+        scale = feature_scale(torch.cat([Xc, Xr])) if self.standardize else torch.ones(Xc.shape[1], dtype=torch.float64)
+        D = (Xc - Xr) / scale
         n, d = D.shape
         N = self.n_members
         g = torch.Generator().manual_seed(self.seed)
@@ -142,10 +149,10 @@ class BTEnsembleHeads:
         if self.init == "single_head":
             from distrm.heads.baselines import BTHead
 
-            single = BTHead(l2=self.l2, max_iter=self.max_iter).fit(Xc, Xr)
+            single = BTHead(l2=self.l2, max_iter=self.max_iter, standardize=self.standardize).fit(Xc, Xr)
             self.single_head_coef_ = single.coef_.clone()
-            W0 = W0 + single.coef_[None, :]
-        self.init_coef_ = W0.clone()
+            W0 = W0 + (single.coef_ * scale)[None, :]
+        self.init_coef_ = W0 / scale  # raw units, like coef_
 
         W = W0.clone().requires_grad_(True)
         history: list[float] = []
@@ -177,11 +184,12 @@ class BTEnsembleHeads:
                     opt.step()
                 with torch.no_grad():
                     history.append(float(self._member_losses(W, D, C).mean()))
-        self.coef_ = W.detach()
+        self.coef_ = W.detach() / scale
+        self.feature_scale_ = scale
         self.counts_ = C
         self.loss_history_ = history
         with torch.no_grad():
-            S = D @ self.coef_.T
+            S = D @ W.detach().T
             self.train_accuracy_ = ((S > 0).double().mean(0))  # [N], on all pairs (not the resample)
         self.n_features_in_ = d
         return self

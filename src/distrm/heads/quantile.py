@@ -1,37 +1,33 @@
 """Quantile heads (QRM step 1): M attributes x K levels of linear quantile regression.
 
-For attribute m and level tau the head (beta, b) minimises exactly scikit-learn's
-``QuantileRegressor`` objective
+For attribute m and level tau the head (beta, b) minimises scikit-learn's
+``QuantileRegressor`` objective on *standardised* features z = (x - mean) / scale:
 
-    P(beta, b) = (1 / W) * sum_i w_i * rho_tau(y_i - x_i^T beta - b) + alpha * ||beta||_1,
+    P(beta, b) = (1 / W) * sum_i w_i * rho_tau(y_i - z_i^T beta - b) + alpha * ||beta||_1,
     rho_tau(r) = max(tau * r, (tau - 1) * r),   W = sum_i w_i,
 
-over the targets of attribute m only (the intercept b is not penalised). sklearn solves one
-LP per (m, tau) with HiGHS, which is minutes per head at reward-model scale. Here all K
-levels of an attribute (and several attributes at once on a GPU) are solved together by
+over the targets of attribute m only (the intercept b is not penalised).
 
-* **ADMM on an augmented quantile regression**: the L1 term is written as d pseudo-rows
-  ``s * e_j`` with target 0 (alpha |beta_j| = (alpha / s) |0 - s beta_j|), so the problem is
-  min f(z) s.t. z = y~ - X~ theta with f separable. The theta-step is least squares with the
-  matrix ``X_s^T X_s + s^2 I`` -- the same for every level, every penalty rho and every
-  sample weight (weights only enter the prox) -- so it is inverted **once per attribute**
-  and every iteration is two matmuls ``[n, d] x [d, K]`` plus elementwise proxes. Columns
-  are centred (exact reparametrisation: the intercept is free) and scaled to unit variance
-  (the L1 weight becomes alpha / sigma_j), which makes the intercept decouple and the
-  iteration well conditioned. Over-relaxation (1.6) and residual balancing of rho per
-  level; rho changes cost nothing because the factorisation does not depend on it.
-* **a duality-gap certificate as the stopping rule**: the LP dual is
-  ``max_nu sum_i nu_i y_i`` s.t. ``nu_i in [w_i (tau-1), w_i tau] / W``, ``sum_i nu_i = 0``
-  (intercept), ``|x_j^T nu| <= alpha``. ADMM's multiplier is clipped to the box, shifted
-  back to sum 0 (bisection on a weight-proportional shift) and scaled into the
-  ``|x_j^T nu| <= alpha`` region, which gives a feasible dual point and a lower bound D
-  on the optimum. We stop when ``(P - D) / P <= tol`` for every head, so the reported
-  objective is *proved* within ``tol`` of the LP optimum (``duality_gap_``).
+Why standardise. An L1 penalty on raw coefficients means something different on every
+backbone: MiniLM's unit-norm features have per-dimension spreads ~0.05, so QRM's alpha = 0.003
+(tuned for Llama-3-8B features) made even the exact optimum intercept-only at the outer levels.
+With mean and scale fitted on the training features the penalty is scale-free: multiplying the
+features by any constant leaves the fitted predictions unchanged. The centre and scale are
+folded into the saved coefficients (``coef_`` and ``intercept_`` act on raw features), so
+scoring needs nothing extra. ``standardize=False`` gives sklearn's objective on raw features.
 
-* **a safe start**: each head starts from the better (in the exact objective) of a ridge fit
-  and the intercept-only model, and the returned iterate is never worse than that start. With
-  more features than distinct rated items (common for real attributes: a few hundred items,
-  d = 384..4096) the ridge start interpolates with a large L1 norm, far from the optimum.
+Why choose alpha on held-out data. The right penalty depends on the attribute (42 rated
+items or 4,000; a binary label or a 10-point scale), so :class:`QuantileHeadsCV` walks a
+decreasing alpha path per attribute, from the smallest alpha at which the intercept-only
+model is optimal, and keeps the alpha with the lowest pinball loss under K-fold
+cross-validation grouped by prompt. The top of the path *is* the marginal model, so the
+report can say whether an attribute learned anything at all.
+
+Solvers. ``solver="ipm"`` (default) is an exact interior-point method on the LP dual
+(:mod:`distrm.heads.ipm`): it converges on the degenerate LPs real rating data give and
+certifies a relative duality gap (``tol``, default 1e-6). ``solver="admm"``
+(:mod:`distrm.heads.admm`) is a first-order method for problems whose d x d Newton systems
+do not fit the machine (paper scale on a CPU); it stops on the same kind of certificate.
 
 Predictions are sorted along the level axis (monotone rearrangement): for every x the sorted
 vector is at least as good in summed pinball loss over the levels as the unsorted one
@@ -40,23 +36,30 @@ vector is at least as good in summed pinball loss over the levels as the unsorte
 
 from __future__ import annotations
 
-import math
+import logging
 import time
 import warnings
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 
 from distrm.distribution import RewardDistribution, default_levels
+from distrm.heads.admm import admm_fit
+from distrm.heads.cv import group_folds
+from distrm.heads.ipm import ipm_quantile
+from distrm.heads.objective import pinball
 from distrm.heads.targets import LongTargets, as_long_targets
 
-_OVER_RELAX = 1.6
+logger = logging.getLogger(__name__)
 
+Solver = Literal["ipm", "admm"]
+_DEFAULT_TOL = {"ipm": 1e-6, "admm": 1e-3}
+_DEFAULT_MAX_ITER = {"ipm": 100, "admm": 5000}
+# a solve that ends above this certified gap is reported as unconverged (tol is the target)
+_FAR_GAP = 1e-3
 
-def pinball(r: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """rho_tau(r) = max(tau r, (tau - 1) r), elementwise; tau broadcasts."""
-    return torch.maximum(tau * r, (tau - 1) * r)
+__all__ = ["QuantileHeads", "QuantileHeadsCV", "pinball"]
 
 
 def _as_tensor(a: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -65,122 +68,223 @@ def _as_tensor(a: Any, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=dtype)
 
 
+def _check_levels(levels: Any) -> torch.Tensor:
+    lv = default_levels(19, torch.float64) if levels is None else torch.as_tensor(levels, dtype=torch.float64)
+    if lv.ndim != 1 or len(lv) == 0:
+        raise ValueError("levels must be a non-empty 1-d sequence")
+    if not (bool((lv > 0).all()) and bool((lv < 1).all()) and bool((lv[1:] > lv[:-1]).all())):
+        raise ValueError(f"levels must be strictly increasing inside (0, 1); got {lv.tolist()}")
+    return lv
+
+
+def _check_X(X: Any) -> torch.Tensor:
+    Xt = _as_tensor(X, torch.float64) if not isinstance(X, torch.Tensor) else X.detach()
+    if not Xt.is_floating_point():
+        Xt = Xt.double()
+    if Xt.ndim != 2:
+        raise ValueError(f"X must be 2-d [n_items, d]; got shape {tuple(Xt.shape)}")
+    if not bool(torch.isfinite(Xt).all()):
+        raise ValueError("X contains NaN or inf (features must be finite; missing *labels* go in y)")
+    return Xt
+
+
+def _long_targets(
+    n_items: int, y: Any, attribute: Any, index: Any, n_attributes: int | None, sample_weight: Any
+) -> tuple[LongTargets, torch.Tensor]:
+    """Long-format targets and one weight per target (validated)."""
+    wide = attribute is None and index is None
+    y_np = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y, dtype=np.float64)
+    if np.isinf(y_np).any():
+        raise ValueError("y contains inf")
+    t = as_long_targets(n_items, y_np, attribute, index, n_attributes)
+    if sample_weight is None:
+        return t, torch.ones(len(t.y), dtype=torch.float64)
+    sw = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
+    if wide:
+        if sw.ndim == 1 and sw.shape[0] == n_items:
+            w = sw[t.index]
+        elif sw.ndim == 2 and tuple(sw.shape) == (n_items, t.n_attributes):
+            w = sw[t.index, t.attribute]
+        else:
+            raise ValueError(f"wide sample_weight must be [n_items] or [n_items, M]; got {tuple(sw.shape)}")
+    else:
+        if sw.shape != t.y.shape:
+            raise ValueError(f"long sample_weight must have one entry per target ({len(t.y)}); got {tuple(sw.shape)}")
+        w = sw
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("sample_weight must be finite and >= 0")
+    return t, w
+
+
+def standardizer(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [d], scale [d]) of the rows of X; a constant column gets scale 1 (its standardised
+    value is 0, so its coefficient is 0 under any penalty)."""
+    mean = X.mean(0)
+    scale = (X - mean).pow(2).mean(0).sqrt()
+    tiny = 1e-12 * float(scale.max()) if scale.numel() else 0.0
+    return mean, torch.where(scale > max(tiny, 1e-300), scale, torch.ones_like(scale))
+
+
+def weighted_quantile(y: torch.Tensor, w: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """[K] a minimiser of sum_i w_i rho_tau(y_i - b) (the lower weighted tau-quantile)."""
+    order = torch.argsort(y)
+    cw = torch.cumsum(w[order], 0) / w.sum()
+    pos = torch.searchsorted(cw, tau.to(cw.dtype) - 1e-12).clamp(max=len(y) - 1)
+    return y[order][pos]
+
+
+def alpha_max(prob: "_Problem", tau: torch.Tensor) -> float:
+    """The smallest alpha at which beta = 0 (the intercept-only model) is optimal at every
+    level, up to ties: a feasible dual point of the intercept-only fit (tied rows share the
+    slack) has |Z^T nu| <= this bound, which certifies beta = 0 for any alpha at or above it."""
+    y, om = prob.y, prob.om
+    b = weighted_quantile(y, om, tau)  # [K]
+    above, below = y[None, :] > b[:, None], y[None, :] < b[:, None]
+    tie = ~(above | below)
+    tk = tau[:, None]
+    nu = torch.where(above, om * tk, torch.where(below, om * (tk - 1), torch.zeros_like(om)))
+    w_tie = (om * tie).sum(1, keepdim=True)
+    c = -nu.sum(1, keepdim=True) / w_tie.clamp_min(1e-300)
+    nu = torch.where(tie, om * c, nu)
+    m = prob.Z.shape[0]
+    g = torch.zeros(len(tau), m, dtype=torch.float64).index_add_(1, prob.idx, nu) @ prob.Z
+    return float(g.abs().max()) if g.numel() else 0.0
+
+
+class _Problem:
+    """One attribute's targets on the standardised features: the items it rates (``Z``), the
+    item of each target row (``idx``), targets and normalised weights."""
+
+    def __init__(self, Z: torch.Tensor, index: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
+        items, idx = torch.unique(index, return_inverse=True)
+        self.items, self.idx = items, idx
+        self.Z = Z[items.to(Z.device)]
+        self.y = y.double()
+        self.om = (w / w.sum()).double()
+
+    def subset(self, rows: torch.Tensor) -> "_Problem":
+        p = _Problem.__new__(_Problem)
+        items, idx = torch.unique(self.idx[rows], return_inverse=True)
+        p.items, p.idx, p.Z = self.items[items], idx, self.Z[items]
+        p.y = self.y[rows]
+        w = self.om[rows]
+        p.om = w / w.sum()
+        return p
+
+
+def _solve(
+    prob: _Problem, tau: torch.Tensor, alpha: float, solver: str, fit_intercept: bool, tol: float, max_iter: int,
+    device: torch.device, verbose: bool = False, check_every: int = 20, pseudo_scale: float = 0.1,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """beta [K, d], b [K], objective [K], gap [K], n_iter for one attribute at one alpha."""
+    d = prob.Z.shape[1]
+    if alpha == float("inf") or (alpha >= alpha_max(prob, tau) and fit_intercept):
+        # beta = 0 is optimal (alpha_max is certified by a feasible dual point): closed form
+        b = weighted_quantile(prob.y, prob.om, tau)
+        K = len(tau)
+        P = (prob.om * pinball(prob.y[None, :] - b[:, None], tau[:, None])).sum(1)
+        return {"beta": torch.zeros(K, d, dtype=torch.float64), "b": b, "objective": P,
+                "gap": torch.zeros(K, dtype=torch.float64), "n_iter": 0}
+    if solver == "ipm":
+        # alpha = 0 (no penalty) is solved as a tiny one: the dual's |z_j^T nu| <= alpha box needs
+        # an interior
+        pen = torch.full((d,), max(alpha, 1e-10), dtype=torch.float64, device=device)
+        out = ipm_quantile(
+            prob.Z.to(device), prob.idx.to(device), prob.y.to(device), prob.om.to(device), tau.to(device), pen,
+            tol=tol, max_iter=max_iter, intercept=fit_intercept, verbose=verbose,
+        )
+        return {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+    out = admm_fit(
+        prob.Z, prob.idx, prob.y, prob.om, [torch.arange(len(prob.y))], tau, [alpha], fit_intercept, tol, max_iter,
+        check_every, pseudo_scale, device, dtype or torch.float32, verbose,
+    )
+    return {"beta": out["coef"][0].cpu(), "b": out["intercept"][0].cpu(), "objective": out["objective"][0].cpu(),
+            "gap": out["gap"][0].cpu(), "n_iter": int(out["n_iter"])}
+
+
 class QuantileHeads:
-    """Linear quantile heads for M attributes x K levels, sklearn-like (``fit`` returns self,
-    learned attributes end in ``_``).
+    """Linear quantile heads for M attributes x K levels, sklearn-like (parameters stored as
+    given, validated in ``fit``; ``fit`` returns self; learned attributes end in ``_``).
 
     Args:
         levels: K strictly increasing quantile levels in (0, 1); default ``default_levels(19)``
             (0.05, 0.10, ..., 0.95).
-        alpha: L1 penalty, as sklearn's ``QuantileRegressor(alpha=...)`` (QRM used 0.003).
+        alpha: L1 penalty (a number, or one per attribute), on standardised features unless
+            ``standardize=False``. :class:`QuantileHeadsCV` chooses it on held-out data.
         fit_intercept: fit an unpenalised intercept per head.
-        device: where to solve ("cpu", "cuda", ...). Default: X's device, else CPU.
-        dtype: dtype of the ADMM iteration (feature matmuls and the [n, K] state). Default
-            float32 (CPU and CUDA: twice the float64 rate, and on CPU the elementwise passes
-            cost as much as the matmuls). Objectives and certificates are evaluated in float64
-            at every check and the stopping rule is that float64 gap, so the certified result
-            does not depend on it; the dual bound's feasibility check |x_j^T nu| <= alpha is
-            then exact up to float32 rounding, ~1e-7 relative. float64 for a strict proof or
-            ill-conditioned features.
-        tol: target relative duality gap per head; fitting stops when every head is
-            certified within it, so 1e-3 *proves* objective <= 1.001 x the LP optimum (the
-            true gap is typically 5-10x smaller than the certificate).
-        max_iter: ADMM iteration cap (a warning names heads that stopped above ``tol``).
-        check_every: iterations between objective/certificate evaluations (each costs about
-            one extra iteration).
-        pseudo_scale: s^2 / n, the weight of the L1 pseudo-rows in the shared matrix
-            (a conditioning knob; it does not change the optimum).
-        attribute_batch: attributes solved together (padded to the largest); default 1 on
-            CPU, as many as fit in half the free GPU memory on CUDA.
-        verbose: print progress at every check.
+        standardize: centre and scale the features (fitted on ``X``, folded into ``coef_``).
+        solver: "ipm" (exact interior point, default) or "admm" (first-order, for problems
+            whose d x d systems do not fit; see the module docstring).
+        device: where to solve ("cpu", "cuda", ...). Default: X's device.
+        dtype: ADMM's iteration dtype (default float32); the IPM always runs in float64.
+        tol: certified relative duality gap per head at which a solve stops (default 1e-6 for
+            "ipm", 1e-3 for "admm").
+        max_iter: iteration cap per attribute (default 100 Newton steps, or 5000 ADMM steps).
+        check_every, pseudo_scale, attribute_batch: ADMM settings (see :mod:`distrm.heads.admm`).
+        verbose: log solver progress.
     """
 
     def __init__(
         self,
         levels: torch.Tensor | Sequence[float] | None = None,
-        alpha: float = 0.003,
+        alpha: float | Sequence[float] = 0.003,
         fit_intercept: bool = True,
+        standardize: bool = True,
+        solver: Solver = "ipm",
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-        tol: float = 1e-3,
-        max_iter: int = 5000,
+        tol: float | None = None,
+        max_iter: int | None = None,
         check_every: int = 20,
         pseudo_scale: float = 0.1,
         attribute_batch: int | None = None,
         verbose: bool = False,
     ) -> None:
-        lv = default_levels(19, torch.float64) if levels is None else torch.as_tensor(levels, dtype=torch.float64)
-        if lv.ndim != 1 or len(lv) == 0:
-            raise ValueError("levels must be a non-empty 1-d sequence")
-        if not (bool((lv > 0).all()) and bool((lv < 1).all()) and bool((lv[1:] > lv[:-1]).all())):
-            raise ValueError("levels must be strictly increasing inside (0, 1)")
-        if not alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if not tol > 0:
-            raise ValueError("tol must be > 0")
-        self.levels = lv
-        self.alpha = float(alpha)
-        self.fit_intercept = bool(fit_intercept)
+        self.levels = levels
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+        self.standardize = standardize
+        self.solver = solver
         self.device = device
         self.dtype = dtype
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self.check_every = int(check_every)
-        self.pseudo_scale = float(pseudo_scale)
+        self.tol = tol
+        self.max_iter = max_iter
+        self.check_every = check_every
+        self.pseudo_scale = pseudo_scale
         self.attribute_batch = attribute_batch
         self.verbose = verbose
 
     # ------------------------------------------------------------------ config
+    def _validate(self, n_attributes: int, alpha: Any) -> tuple[torch.Tensor, list[float], float, int]:
+        levels = _check_levels(self.levels)
+        if self.solver not in _DEFAULT_TOL:
+            raise ValueError(f"solver must be 'ipm' or 'admm', got {self.solver!r}")
+        alphas = [float(alpha)] * n_attributes if np.ndim(alpha) == 0 else [float(a) for a in alpha]
+        if len(alphas) != n_attributes:
+            raise ValueError(f"alpha has {len(alphas)} values for {n_attributes} attributes")
+        if not all(a >= 0 and not np.isnan(a) for a in alphas):
+            raise ValueError(f"alpha must be >= 0 (inf: the intercept-only model), got {alpha}")
+        tol = _DEFAULT_TOL[self.solver] if self.tol is None else float(self.tol)
+        if not tol > 0:
+            raise ValueError(f"tol must be > 0, got {self.tol}")
+        max_iter = _DEFAULT_MAX_ITER[self.solver] if self.max_iter is None else int(self.max_iter)
+        if max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+        return levels, alphas, tol, max_iter
+
     def get_config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments (levels as a list, dtype/device as strings)."""
+        """JSON-able constructor arguments (levels as a list, fitted alphas when fitted)."""
+        alpha = self.alpha_.tolist() if hasattr(self, "alpha_") else self.alpha
         return {
-            "levels": self.levels.tolist(),
-            "alpha": self.alpha,
+            "levels": _check_levels(self.levels).tolist(),
+            "alpha": alpha if np.ndim(alpha) == 0 else list(alpha),
             "fit_intercept": self.fit_intercept,
+            "standardize": self.standardize,
+            "solver": self.solver,
             "tol": self.tol,
             "max_iter": self.max_iter,
-            "check_every": self.check_every,
-            "pseudo_scale": self.pseudo_scale,
         }
-
-    # ------------------------------------------------------------------ data
-    def _check_X(self, X: Any) -> torch.Tensor:
-        Xt = _as_tensor(X, torch.float64) if not isinstance(X, torch.Tensor) else X.detach()
-        if not Xt.is_floating_point():
-            Xt = Xt.double()
-        if Xt.ndim != 2:
-            raise ValueError(f"X must be 2-d [n_items, d]; got shape {tuple(Xt.shape)}")
-        if not bool(torch.isfinite(Xt).all()):
-            raise ValueError("X contains NaN or inf (features must be finite; missing *labels* go in y)")
-        return Xt
-
-    def _targets(
-        self, n_items: int, y: Any, attribute: Any, index: Any, n_attributes: int | None, sample_weight: Any
-    ) -> tuple[LongTargets, torch.Tensor]:
-        """Long-format targets and one weight per target (validated)."""
-        wide = attribute is None and index is None
-        y_np = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y, dtype=np.float64)
-        if np.isinf(y_np).any():
-            raise ValueError("y contains inf")
-        t = as_long_targets(n_items, y_np, attribute, index, n_attributes)
-        if sample_weight is None:
-            w = torch.ones(len(t.y), dtype=torch.float64)
-        else:
-            sw = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
-            if wide:
-                if sw.ndim == 1 and sw.shape[0] == n_items:
-                    w = sw[t.index]
-                elif sw.ndim == 2 and tuple(sw.shape) == (n_items, t.n_attributes):
-                    w = sw[t.index, t.attribute]
-                else:
-                    raise ValueError(f"wide sample_weight must be [n_items] or [n_items, M]; got {tuple(sw.shape)}")
-            else:
-                if sw.shape != t.y.shape:
-                    raise ValueError(f"long sample_weight must have one entry per target ({len(t.y)}); got {tuple(sw.shape)}")
-                w = sw
-            if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-                raise ValueError("sample_weight must be finite and >= 0")
-        return t, w
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -199,114 +303,78 @@ class QuantileHeads:
         are absent rows. Wide convenience: ``y [n_items, M]`` with NaN = missing.
         ``sample_weight``: ``[L]`` (long) or ``[n_items]`` / ``[n_items, M]`` (wide).
         """
-        Xt = self._check_X(X)
-        t, w = self._targets(Xt.shape[0], y, attribute, index, n_attributes, sample_weight)
-        M, d, K = t.n_attributes, Xt.shape[1], len(self.levels)
+        return self._fit(X, y, attribute, index, n_attributes, sample_weight, self.alpha)
+
+    def _prepare(self, X: Any, y: Any, attribute: Any, index: Any, n_attributes: int | None, sample_weight: Any,
+                 alpha: Any) -> dict[str, Any]:
+        """Validated inputs, the standardised features and one :class:`_Problem` per attribute."""
+        Xt = _check_X(X)
+        t, w = _long_targets(Xt.shape[0], y, attribute, index, n_attributes, sample_weight)
+        M, d = t.n_attributes, Xt.shape[1]
         if M == 0:
             raise ValueError("no attributes to fit")
-        dev = torch.device(self.device) if self.device is not None else Xt.device
-        cdt = self.dtype or torch.float32
-        rows: list[torch.Tensor] = []
+        levels, alphas, tol, max_iter = self._validate(M, alpha)
+        X64 = Xt.to(dtype=torch.float64)
+        zeros, ones = torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)
+        mean, scale = standardizer(X64) if self.standardize else (zeros, ones)
+        Z = (X64 - mean) / scale
+        problems = []
         for m in range(M):
-            sel = (t.attribute == m) & (w > 0)
-            if not bool(sel.any()):
+            sel = torch.nonzero((t.attribute == m) & (w > 0)).squeeze(1)
+            if len(sel) == 0:
                 raise ValueError(f"attribute {m} has no targets with positive weight")
-            rows.append(torch.nonzero(sel).squeeze(1))
-        B = self.attribute_batch or self._default_batch(dev, cdt, d, [len(r) for r in rows])
-        self.coef_ = torch.zeros(M, K, d, dtype=torch.float64, device=dev)
-        self.intercept_ = torch.zeros(M, K, dtype=torch.float64, device=dev)
+            problems.append(_Problem(Z, t.index[sel], t.y[sel], w[sel]))
+        dev = torch.device(self.device) if self.device is not None else Xt.device
+        return {"X64": X64, "t": t, "w": w, "M": M, "d": d, "levels": levels, "alphas": alphas, "tol": tol,
+                "max_iter": max_iter, "mean": mean, "scale": scale, "problems": problems, "dev": dev}
+
+    def _fit(self, X: Any, y: Any, attribute: Any, index: Any, n_attributes: int | None, sample_weight: Any,
+             alpha: Any) -> "QuantileHeads":
+        p = self._prepare(X, y, attribute, index, n_attributes, sample_weight, alpha)
+        M, d, levels, alphas, tol, max_iter = p["M"], p["d"], p["levels"], p["alphas"], p["tol"], p["max_iter"]
+        mean, scale, problems, dev, X64, t, w = p["mean"], p["scale"], p["problems"], p["dev"], p["X64"], p["t"], p["w"]
+        K = len(levels)
+        self.coef_ = torch.zeros(M, K, d, dtype=torch.float64)
+        self.intercept_ = torch.zeros(M, K, dtype=torch.float64)
         self.objective_ = torch.zeros(M, K, dtype=torch.float64)
         self.duality_gap_ = torch.zeros(M, K, dtype=torch.float64)
         self.n_iter_ = torch.zeros(M, dtype=torch.int64)
-        self.fit_time_s_ = 0.0
         t0 = time.perf_counter()
-        for start in range(0, M, B):
-            ms = list(range(start, min(M, start + B)))
-            out = self._fit_batch(Xt, t, w, [rows[m] for m in ms], dev, cdt)
-            for j, m in enumerate(ms):
-                self.coef_[m], self.intercept_[m] = out["coef"][j], out["intercept"][j]
-                self.objective_[m], self.duality_gap_[m] = out["objective"][j].cpu(), out["gap"][j].cpu()
-                self.n_iter_[m] = out["n_iter"]
-        self.n_features_in_ = d
-        self.levels_ = self.levels.clone()
-        if cdt != torch.float64:  # report the float64 objective of the returned heads on X as given
-            lower = self.objective_ * (1 - self.duality_gap_)  # the dual bound found by the solver
-            self.objective_ = self._objective_long(Xt, t, w)
-            self.duality_gap_ = (self.objective_ - lower) / self.objective_.abs().clamp_min(1e-300)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        for m, prob in enumerate(problems):
+            out = _solve(prob, levels, alphas[m], self.solver, self.fit_intercept, tol, max_iter, dev, self.verbose,
+                         self.check_every, self.pseudo_scale, self.dtype)
+            beta = out["beta"].double()  # [K, d] on standardised features
+            self.coef_[m] = beta / scale
+            self.intercept_[m] = out["b"].double() - self.coef_[m] @ mean
+            self.objective_[m], self.duality_gap_[m] = out["objective"].double(), out["gap"].double()
+            self.n_iter_[m] = int(out["n_iter"])
         self.fit_time_s_ = time.perf_counter() - t0
-        bad = self.duality_gap_ > self.tol
-        if bool(bad.any()):
+        self.levels_ = levels
+        self.alpha_ = torch.tensor(alphas, dtype=torch.float64)
+        self.feature_mean_, self.feature_scale_ = mean, scale
+        self.n_features_in_ = d
+        self.tol_ = tol
+        # report the float64 objective of the returned heads on X as given (the solver's own
+        # value comes from standardised features, and ADMM's from float32 matmuls)
+        lower = self.objective_ * (1 - self.duality_gap_)
+        self.objective_ = self._objective_long(X64, t, w)
+        self.duality_gap_ = ((self.objective_ - lower) / self.objective_.abs().clamp_min(1e-300)).clamp_min(0)
+        far = self.duality_gap_ > max(tol, _FAR_GAP)
+        if bool(far.any()):
+            worst = int(self.duality_gap_.max(1).values.argmax())
             warnings.warn(
-                f"{int(bad.sum())} of {M * K} heads stopped at max_iter={self.max_iter} with certified relative gap "
-                f"up to {float(self.duality_gap_.max()):.2e} > tol={self.tol:.1e}",
+                f"{int(far.sum())} of {M * K} quantile heads stopped {float(self.duality_gap_.max()):.1%} or less above "
+                f"their optimum (certified), worst attribute #{worst}, after max_iter={max_iter}: raise max_iter"
+                + (" or use solver='ipm'" if self.solver == "admm" else ""),
                 RuntimeWarning,
                 stacklevel=2,
             )
         return self
 
-    def _default_batch(self, dev: torch.device, cdt: torch.dtype, d: int, sizes: list[int]) -> int:
-        if dev.type != "cuda":
-            return 1
-        free, _ = torch.cuda.mem_get_info(dev)
-        per = max(sizes) * d * torch.finfo(cdt).bits // 8 + 3 * d * d * 8
-        return max(1, min(len(sizes), int(0.5 * free // per)))
-
-    def _fit_batch(
-        self,
-        X: torch.Tensor,
-        t: LongTargets,
-        w: torch.Tensor,
-        rows: list[torch.Tensor],
-        dev: torch.device,
-        cdt: torch.dtype,
-    ) -> dict[str, Any]:
-        """Solve all K levels of a few attributes together (rows padded to the largest)."""
-        Bn, d, K = len(rows), X.shape[1], len(self.levels)
-        n_max = max(len(r) for r in rows)
-        f64 = torch.float64
-        Xs = torch.zeros(Bn, n_max, d, dtype=cdt, device=dev)
-        y = torch.zeros(Bn, n_max, 1, dtype=f64, device=dev)
-        om = torch.zeros(Bn, n_max, 1, dtype=f64, device=dev)  # w_i / W (0 on padding)
-        mask = torch.zeros(Bn, n_max, 1, dtype=f64, device=dev)
-        mu = torch.zeros(Bn, d, dtype=f64, device=dev)
-        sig = torch.ones(Bn, d, dtype=f64, device=dev)
-        Ainv = torch.zeros(Bn, d, d, dtype=cdt, device=dev)
-        s = torch.zeros(Bn, 1, 1, dtype=f64, device=dev)
-        n_real = torch.zeros(Bn, 1, 1, dtype=f64, device=dev)
-        for j, r in enumerate(rows):
-            n = len(r)
-            Xm = X[t.index[r].to(X.device)].to(device=dev, dtype=f64)
-            if self.fit_intercept:
-                mu[j] = Xm.mean(0)
-                Xm = Xm - mu[j]
-            sd = Xm.pow(2).mean(0).sqrt()
-            sd = torch.where(sd > 1e-12 * max(float(sd.max()), 1e-300), sd, torch.ones_like(sd))
-            sig[j] = sd
-            Xm = Xm / sd
-            G = Xm.T @ Xm
-            s2 = self.pseudo_scale * n
-            G.diagonal().add_(s2)
-            L = torch.linalg.cholesky(G)
-            Ainv[j] = torch.cholesky_inverse(L).to(cdt)
-            del G, L
-            s[j] = math.sqrt(s2)
-            Xs[j, :n] = Xm.to(cdt)
-            del Xm
-            y[j, :n, 0] = t.y[r].to(device=dev, dtype=f64)
-            ww = w[r].to(device=dev, dtype=f64)
-            om[j, :n, 0] = ww / ww.sum()
-            mask[j, :n] = 1
-            n_real[j] = n
-        tau = self.levels.to(device=dev, dtype=f64).view(1, 1, K)
-        pen = (self.alpha / sig).unsqueeze(-1)  # [B, d, 1]: L1 weight of scaled coefficient j
-        beta, b, P, gap, n_iter = _admm(
-            Xs, y, om, mask, n_real, tau, pen, Ainv, s, self.fit_intercept, self.tol, self.max_iter, self.check_every, self.verbose
-        )
-        coef = (beta / sig.unsqueeze(-1)).transpose(1, 2)  # [B, K, d] in original units
-        intercept = b - torch.einsum("bd,bkd->bk", mu, coef) if self.fit_intercept else torch.zeros_like(b)
-        return {"coef": coef, "intercept": intercept, "objective": P, "gap": gap, "n_iter": n_iter}
+    def n_nonzero(self) -> torch.Tensor:
+        """[M, K] non-zero coefficients per head."""
+        self._check_fitted()
+        return (self.coef_ != 0).sum(-1)
 
     # ------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:
@@ -316,7 +384,7 @@ class QuantileHeads:
     def predict_raw(self, X: Any) -> torch.Tensor:
         """[n, M, K] head outputs as fitted (not rearranged; may cross)."""
         self._check_fitted()
-        Xt = self._check_X(X)
+        Xt = _check_X(X)
         if Xt.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {Xt.shape[1]} features, the heads were fitted on {self.n_features_in_}")
         Xt = Xt.to(device=self.coef_.device, dtype=torch.float64)
@@ -342,11 +410,12 @@ class QuantileHeads:
         n_attributes: int | None = None,
         sample_weight: Any = None,
     ) -> torch.Tensor:
-        """[M, K] the exact sklearn objective of the fitted (raw) heads on these targets, in
-        float64: (1/W_m) sum_i w_i rho_tau(y_i - x_i^T beta - b) + alpha ||beta||_1."""
+        """[M, K] the exact objective the fitted (raw) heads minimised on these targets, in
+        float64: (1/W_m) sum_i w_i rho_tau(y_i - x_i^T coef - b) + alpha_m ||coef * scale||_1
+        (scale = 1 when ``standardize=False``: sklearn's objective)."""
         self._check_fitted()
-        Xt = self._check_X(X).to(device=self.coef_.device, dtype=torch.float64)
-        t, w = self._targets(Xt.shape[0], y, attribute, index, n_attributes or self.coef_.shape[0], sample_weight)
+        Xt = _check_X(X).to(device=self.coef_.device, dtype=torch.float64)
+        t, w = _long_targets(Xt.shape[0], y, attribute, index, n_attributes or self.coef_.shape[0], sample_weight)
         M, K = self.coef_.shape[:2]
         if t.n_attributes != M:
             raise ValueError(f"targets have {t.n_attributes} attributes, the heads {M}")
@@ -366,7 +435,9 @@ class QuantileHeads:
             r = t.y[sel].to(Xt.device)[:, None] - (Xt[idx] @ self.coef_[m].T + self.intercept_[m])
             wm = w[sel].to(Xt.device)
             loss = (wm[:, None] * pinball(r, tau)).sum(0) / wm.sum()
-            out[m] = (loss + self.alpha * self.coef_[m].abs().sum(-1)).cpu()
+            l1 = (self.coef_[m] * self.feature_scale_).abs().sum(-1)
+            pen = torch.zeros_like(l1) if float(self.alpha_[m]) == float("inf") else self.alpha_[m] * l1  # inf * 0 := 0
+            out[m] = (loss + pen).cpu()
         return out
 
     # ------------------------------------------------------------------ save / load
@@ -377,6 +448,9 @@ class QuantileHeads:
             "coef": self.coef_.detach().double().cpu().contiguous(),
             "intercept": self.intercept_.detach().double().cpu().contiguous(),
             "levels": self.levels_.double().cpu().contiguous(),
+            "alpha": self.alpha_.double().cpu().contiguous(),
+            "feature_mean": self.feature_mean_.double().cpu().contiguous(),
+            "feature_scale": self.feature_scale_.double().cpu().contiguous(),
             "objective": self.objective_.double().cpu().contiguous(),
             "duality_gap": self.duality_gap_.double().cpu().contiguous(),
             "n_iter": self.n_iter_.cpu().contiguous(),
@@ -388,190 +462,225 @@ class QuantileHeads:
         cfg = dict(config or {})
         cfg.setdefault("levels", state["levels"].tolist())
         heads = cls(**cfg)
+        levels = _check_levels(heads.levels)
         coef, intercept = state["coef"].double(), state["intercept"].double()
-        if coef.ndim != 3 or tuple(intercept.shape) != tuple(coef.shape[:2]) or coef.shape[1] != len(heads.levels):
+        if coef.ndim != 3 or tuple(intercept.shape) != tuple(coef.shape[:2]) or coef.shape[1] != len(levels):
             raise ValueError(
                 f"state shapes coef {tuple(coef.shape)} / intercept {tuple(intercept.shape)} do not match "
-                f"{len(heads.levels)} levels"
+                f"{len(levels)} levels"
             )
-        if not torch.allclose(state["levels"].double(), heads.levels):
+        if not torch.allclose(state["levels"].double(), levels):
             raise ValueError("state levels differ from config levels")
         heads.coef_, heads.intercept_ = coef.clone(), intercept.clone()
-        heads.levels_ = heads.levels.clone()
-        heads.n_features_in_ = coef.shape[2]
-        M, K = coef.shape[:2]
+        heads.levels_ = levels
+        M, K, d = coef.shape
+        heads.n_features_in_ = d
+        alpha = state.get("alpha")
+        if alpha is None:
+            alpha = torch.as_tensor(np.broadcast_to(np.asarray(heads.alpha, dtype=np.float64), (M,)).copy())
+        heads.alpha_ = alpha.double().clone()
+        heads.feature_mean_ = state.get("feature_mean", torch.zeros(d, dtype=torch.float64)).double().clone()
+        heads.feature_scale_ = state.get("feature_scale", torch.ones(d, dtype=torch.float64)).double().clone()
         heads.objective_ = state.get("objective", torch.full((M, K), float("nan"))).double().clone()
         heads.duality_gap_ = state.get("duality_gap", torch.full((M, K), float("nan"))).double().clone()
         heads.n_iter_ = state.get("n_iter", torch.zeros(M, dtype=torch.int64)).clone()
         return heads
 
 
-# ---------------------------------------------------------------------- the solver
-def _prox_pinball(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """argmin_z c * rho_tau(z) + (z - v)^2 / 2 with lo = c (tau - 1), hi = c tau (c >= 0):
-    v shrunk towards 0 by the pinball slopes, i.e. ``v - clamp(v, lo, hi)`` (two fused ops)."""
-    return v - torch.clamp(v, lo, hi)
 
 
-def _primal_objective(
-    Xs: torch.Tensor, beta: torch.Tensor, b: torch.Tensor, y: torch.Tensor, om: torch.Tensor,
-    mask: torch.Tensor, tau: torch.Tensor, pen: torch.Tensor,
-) -> torch.Tensor:
-    """[B, K] the objective of heads (beta [B, d, K], b [B, 1, K]) in the scaled problem, in
-    float64 (the matmul in X's dtype): sum_i om_i rho_tau(y_i - x_i^T beta - b) + sum_j pen_j |beta_j|."""
-    fit = (Xs @ beta.to(Xs.dtype)).double() + b.double()
-    return (om * pinball((y - fit) * mask, tau)).sum(1) + (pen * beta.double().abs()).sum(1)
+def _pooled(fold_loss: torch.Tensor, fold_w: torch.Tensor) -> torch.Tensor:
+    """[P] the held-out loss per alpha: folds weighted by their held-out weight."""
+    share = fold_w / fold_w.sum().clamp_min(1e-300)
+    return torch.nansum(fold_loss * share, -1)
 
 
-def _dual_bound(
-    nu: torch.Tensor,
-    om: torch.Tensor,
-    tau: torch.Tensor,
-    y: torch.Tensor,
-    Xt: torch.Tensor,
-    pen: torch.Tensor,
-    intercept: bool,
-) -> torch.Tensor:
-    """A feasible point of the LP dual built from an estimate ``nu [B, n, K]``; returns its
-    value sum_i nu_i y_i [B, K], a lower bound on every head's optimum."""
-    lo, hi = om * (tau - 1), om * tau
-    nu = torch.minimum(torch.maximum(nu, lo), hi)
-    if intercept:  # shift by c * om (clipped) so that sum nu = 0; the sum is monotone in c
-        a = torch.full_like(nu[:, :1, :], -1.0)
-        bnd = torch.full_like(a, 1.0)
-        for _ in range(40):  # bracket 2^-40: the final re-centring moves nu by <= 1e-12 * om
-            mid = (a + bnd) / 2
-            ssum = torch.minimum(torch.maximum(nu + mid * om, lo), hi).sum(1, keepdim=True)
-            a = torch.where(ssum < 0, mid, a)
-            bnd = torch.where(ssum < 0, bnd, mid)
-        nu = torch.minimum(torch.maximum(nu + (a + bnd) / 2 * om, lo), hi)
-        nu = nu - om * (nu.sum(1, keepdim=True) / om.sum(1, keepdim=True))  # last ~1e-16 of the sum
-    g = Xt @ nu.to(Xt.dtype)  # [B, d, K]
-    ratio = (g.double().abs() / pen).amax(1, keepdim=True)  # scale into |x_j^T nu| <= alpha
-    theta = 1.0 / ratio.clamp_min(1.0)
-    return theta.squeeze(1) * (nu * y).sum(1)
+class QuantileHeadsCV(QuantileHeads):
+    """:class:`QuantileHeads` with alpha chosen per attribute by cross-validation grouped by
+    prompt, then refitted on all the data (sklearn's ``LassoCV`` pattern).
 
+    The path for attribute m is ``[inf] + alpha_max * ratio**(i / (n_alphas - 1))``,
+    i = 1..n_alphas-1: ``inf`` is the intercept-only (marginal) model, computed in closed form,
+    and ``alpha_max`` the smallest penalty at which it is optimal on the attribute's data. When
+    the smallest alpha wins, the path is extended downwards (same ratio, up to 4 steps) until
+    the held-out loss turns up.
+    Each alpha's score is the held-out pinball loss (rater weights, averaged over the CV
+    levels; predictions rearranged as at scoring) summed over folds that hold out whole
+    prompts. The lowest wins.
 
-def _admm(
-    Xs: torch.Tensor,  # [B, n, d] centred + scaled features (compute dtype), zero rows on padding
-    y: torch.Tensor,  # [B, n, 1] float64
-    om: torch.Tensor,  # [B, n, 1] w_i / W
-    mask: torch.Tensor,  # [B, n, 1] 1 for real rows
-    n_real: torch.Tensor,  # [B, 1, 1]
-    tau: torch.Tensor,  # [1, 1, K]
-    pen: torch.Tensor,  # [B, d, 1] L1 weight of each scaled coefficient
-    Ainv: torch.Tensor,  # [B, d, d] (Xs^T Xs + s^2 I)^-1
-    s: torch.Tensor,  # [B, 1, 1] pseudo-row scale
-    intercept: bool,
-    tol: float,
-    max_iter: int,
-    check_every: int,
-    verbose: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    B, n, d = Xs.shape
-    K = tau.shape[-1]
-    cdt, f64 = Xs.dtype, torch.float64
-    # X^T v with X^T as a strided view is a slow path in CPU BLAS for these skinny [d, n] x [n, K]
-    # products, so CPU keeps a contiguous copy (with the float32 state: 1.78x per fit in
-    # benchmarks/quantile_solver.py vs the parent commit); cuBLAS transposes for free, and GPU
-    # memory is the scarcer resource there
-    Xt = Xs.transpose(1, 2)
-    if Xs.device.type == "cpu":
-        Xt = Xt.contiguous()
-    # warm start: ridge fit, intercept moved to the tau-quantile of its residuals
-    beta = (Ainv @ (Xt @ y.to(cdt))).double().expand(B, d, K).clone()
-    r0 = (y - (Xs @ beta[:, :, :1].to(cdt)).double()) * mask
-    b = torch.zeros(B, 1, K, dtype=f64, device=Xs.device)
-    b_zero = torch.zeros_like(b)  # the intercept-only model: beta = 0, b = the tau-quantile of y
-    if intercept:
-        for j in range(B):
-            nj = int(n_real[j])
-            b[j, 0] = torch.quantile(r0[j, :nj, 0], tau[0, 0])
-            b_zero[j, 0] = torch.quantile(y[j, :nj, 0], tau[0, 0])
+    Args (beside :class:`QuantileHeads`' own, except ``alpha``):
+        alphas: an explicit decreasing grid instead of the automatic path (``inf`` allowed).
+        n_alphas: path length including the marginal model.
+        alpha_min_ratio: smallest alpha as a fraction of ``alpha_max``.
+        cv: number of folds.
+        cv_levels: levels scored in cross-validation (default: all of ``levels``). Fewer levels
+            make CV proportionally cheaper; the final fit always uses every level.
+        seed: fold assignment.
+        progress: a progress bar over the (attribute, fold) solves.
 
-    # Where features outnumber the distinct rows (a few hundred rated items, d = 384..4096) the
-    # ridge start interpolates with a large L1 norm, far worse than predicting a constant; start
-    # each head from the better of the two, and never return anything worse than that start.
-    P_ridge = _primal_objective(Xs, beta, b, y, om, mask, tau, pen)
-    P_zero = _primal_objective(Xs, torch.zeros_like(beta), b_zero, y, om, mask, tau, pen)
-    use_zero = (P_zero < P_ridge).unsqueeze(1)
-    beta = torch.where(use_zero, torch.zeros_like(beta), beta)
-    b = torch.where(use_zero, b_zero, b)
-    P_start = torch.minimum(P_ridge, P_zero)
-    # The iteration runs in the matmul dtype (float32 by default: every [n, K] elementwise pass
-    # and dtype conversion costs as much as a matmul at reward-model sizes); the objective and
-    # the dual certificate it stops on are evaluated in float64 at each check.
-    y64, om64, mask64, tau64, pen64 = y, om, mask, tau, pen
-    y, om, mask, tau, pen, s, n_real = (a.to(cdt) for a in (y, om, mask, tau, pen, s, n_real))
-    beta, b = beta.to(cdt), b.to(cdt)
-    fit = Xs @ beta + b
-    zd = (y - fit) * mask
-    zp = -s * beta
-    ud = torch.zeros_like(zd)
-    up = torch.zeros_like(zp)
-    rho = 1.0 / (n_real * (zd.abs().sum(1, keepdim=True) / n_real).clamp_min(1e-12))  # [B, 1, K]
-    best_P = P_start
-    best_D = torch.full((B, K), -float("inf"), dtype=f64, device=Xs.device)
-    best_beta, best_b = beta.double(), b.double()
-    ar = _OVER_RELAX
-    padded = bool((mask == 0).any())  # masks cost memory passes: skip them when no row is padding
-    it = 0
-    gap = torch.full((B, K), float("inf"), dtype=f64, device=Xs.device)
-    lo, hi, thr = om / rho * (tau - 1), om / rho * tau, pen / (s * rho)  # prox bounds: change only with rho
-    while it < max_iter:
-        it += 1
-        check = it % check_every == 0 or it == max_iter
-        yz = y - zd
-        vd = yz - ud
-        if padded:
-            vd = vd * mask
-        vp = -zp - up
-        beta = Ainv @ (Xt @ vd + s * vp)
-        if intercept:
-            b = vd.sum(1, keepdim=True) / n_real
-        Axd = Xs @ beta + b
-        if padded:
-            Axd = Axd * mask
-        Axp = s * beta
-        hd = torch.lerp(yz, Axd, ar)  # over-relaxation: ar * Axd + (1 - ar) * (y - zd); zd, y are 0 on padding
-        hp = torch.lerp(-zp, Axp, ar)
-        zd_old, zp_old = zd, zp
-        v = y - hd - ud
-        zd = _prox_pinball(v, lo, hi)
-        if padded:
-            zd = zd * mask
-        ud = zd - v  # = ud + hd + zd - y
-        if padded:
-            ud = ud * mask
-        wp = -hp - up
-        zp = wp - torch.clamp(wp, -thr, thr)  # soft threshold
-        up = zp - wp  # = up + hp + zp
-        if not check:
-            continue
-        # float64 primal objective of this iterate, and a certified lower bound
-        beta64, b64 = beta.double(), b.double()
-        P = _primal_objective(Xs, beta64, b64, y64, om64, mask64, tau64, pen64)
-        better = P < best_P
-        best_P = torch.where(better, P, best_P)
-        bm = better.unsqueeze(1)
-        best_beta = torch.where(bm, beta64, best_beta)
-        best_b = torch.where(bm, b64, best_b)
-        D = _dual_bound((-rho * ud).double(), om64, tau64, y64, Xt, pen64, intercept)
-        best_D = torch.maximum(best_D, D)
-        gap = (best_P - best_D) / best_P.abs().clamp_min(1e-300)
-        if verbose:
-            print(f"  admm it={it:5d} max rel gap={float(gap.max()):.2e} median={float(gap.median()):.2e}", flush=True)
-        if bool((gap <= tol).all()):
-            break
-        # residual balancing (free: the factorisation does not depend on rho)
-        rp = torch.sqrt(((Axd + zd - y) * mask).pow(2).sum(1, keepdim=True) + (Axp + zp).pow(2).sum(1, keepdim=True))
-        dz_d, dz_p = (zd - zd_old) * mask, zp - zp_old
-        rd = rho * torch.sqrt((Xt @ dz_d).pow(2).sum(1, keepdim=True) + (s * dz_p).pow(2).sum(1, keepdim=True) + dz_d.sum(1, keepdim=True).pow(2))
-        sp = torch.sqrt(Axd.pow(2).sum(1, keepdim=True) + Axp.pow(2).sum(1, keepdim=True)).clamp_min(1e-30)
-        sd = rho * torch.sqrt((Xt @ ud).pow(2).sum(1, keepdim=True) + (s * up).pow(2).sum(1, keepdim=True)).clamp_min(1e-30)
-        ratio = torch.sqrt((rp / sp) / (rd / sd).clamp_min(1e-30))
-        fac = torch.where((ratio > 5) | (ratio < 0.2), ratio.clamp(1e-3, 1e3), torch.ones_like(ratio))
-        rho = rho * fac
-        ud, up = ud / fac, up / fac
-        lo, hi, thr = om / rho * (tau - 1), om / rho * tau, pen / (s * rho)
-    return best_beta, best_b.squeeze(1), best_P, gap, it
+    Fitted, beside :class:`QuantileHeads`' attributes: ``cv_alphas_`` [M, P] (the path,
+    ``inf`` first), ``cv_loss_`` [M, P], ``cv_fold_loss_`` [M, P, F], ``marginal_loss_`` and
+    ``best_loss_`` [M] (held-out pinball of the marginal model and of the chosen alpha),
+    ``informative_`` [M] (the chosen model beats the marginal one by more than one standard
+    error of the per-fold differences).
+    """
+
+    def __init__(
+        self,
+        levels: torch.Tensor | Sequence[float] | None = None,
+        alphas: Sequence[float] | None = None,
+        n_alphas: int = 8,
+        alpha_min_ratio: float = 1e-2,
+        cv: int = 3,
+        cv_levels: Sequence[float] | None = None,
+        fit_intercept: bool = True,
+        standardize: bool = True,
+        solver: Solver = "ipm",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        tol: float | None = None,
+        max_iter: int | None = None,
+        seed: int = 0,
+        verbose: bool = False,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(levels=levels, alpha=0.0, fit_intercept=fit_intercept, standardize=standardize, solver=solver,
+                         device=device, dtype=dtype, tol=tol, max_iter=max_iter, verbose=verbose)
+        self.alphas = alphas
+        self.n_alphas = n_alphas
+        self.alpha_min_ratio = alpha_min_ratio
+        self.cv = cv
+        self.cv_levels = cv_levels
+        self.seed = seed
+        self.progress = progress
+
+    def _path(self, prob: _Problem, tau: torch.Tensor) -> list[float]:
+        if self.alphas is not None:
+            path = sorted((float(a) for a in self.alphas), reverse=True)
+            if not path or any(not a >= 0 for a in path):
+                raise ValueError(f"alphas must be a non-empty list of values >= 0, got {self.alphas}")
+            return path
+        if self.n_alphas < 2:
+            raise ValueError(f"n_alphas must be >= 2 (the marginal model and one penalty), got {self.n_alphas}")
+        if not 0 < self.alpha_min_ratio < 1:
+            raise ValueError(f"alpha_min_ratio must lie in (0, 1), got {self.alpha_min_ratio}")
+        amax = alpha_max(prob, tau)
+        steps = np.arange(1, self.n_alphas) / (self.n_alphas - 1)
+        return [float("inf")] + [amax * self.alpha_min_ratio**s for s in steps]
+
+    def _cv_losses(self, prob: _Problem, fold: torch.Tensor, path: list[float], cv_tau: torch.Tensor, tol: float,
+                   max_iter: int, dev: torch.device, bar: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """([len(path), F] held-out pinball per alpha and fold, [F] held-out weight per fold)."""
+        F = int(fold.max()) + 1
+        loss = torch.full((len(path), F), float("nan"), dtype=torch.float64)
+        wts = torch.zeros(F, dtype=torch.float64)
+        for f in range(F):
+            test = torch.nonzero(fold == f).squeeze(1)
+            train = torch.nonzero(fold != f).squeeze(1)
+            if len(train) == 0 or len(test) == 0:
+                bar.update(len(path))
+                continue
+            tr = prob.subset(train)
+            wts[f] = prob.om[test].sum()
+            Zte, yte, wte = prob.Z[prob.idx[test]], prob.y[test], prob.om[test]
+            for a_i, alpha in enumerate(path):
+                out = _solve(tr, cv_tau, alpha, self.solver, self.fit_intercept, tol, max_iter, dev,
+                             check_every=self.check_every, pseudo_scale=self.pseudo_scale, dtype=self.dtype)
+                pred = (Zte @ out["beta"].double().T + out["b"].double()).sort(dim=-1).values  # [n_test, K']
+                loss[a_i, f] = ((wte[:, None] * pinball(yte[:, None] - pred, cv_tau[None, :])).sum(0) / wte.sum()).mean()
+                bar.update(1)
+        return loss, wts
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        attribute: Any = None,
+        index: Any = None,
+        n_attributes: int | None = None,
+        sample_weight: Any = None,
+        groups: Sequence[Any] | None = None,
+    ) -> "QuantileHeadsCV":
+        """As :meth:`QuantileHeads.fit`; ``groups [n_items]`` (e.g. the prompt of each row of X)
+        keeps equal groups in one fold (default: every item its own group)."""
+        from tqdm.auto import tqdm
+
+        p = self._prepare(X, y, attribute, index, n_attributes, sample_weight, 0.0)
+        M, levels, tol, max_iter, dev, problems = p["M"], p["levels"], p["tol"], p["max_iter"], p["dev"], p["problems"]
+        n_rows = p["X64"].shape[0]
+        cv_tau = levels if self.cv_levels is None else _check_levels(self.cv_levels)
+        if groups is not None and len(groups) != n_rows:
+            raise ValueError(f"groups has {len(groups)} entries for {n_rows} feature rows")
+        group_arr = np.asarray([str(g) for g in groups]) if groups is not None else np.arange(n_rows).astype(str)
+        paths, folds = [], []
+        for m, prob in enumerate(problems):
+            paths.append(self._path(prob, levels))
+            item_fold = group_folds(group_arr[prob.items.numpy()], self.cv, self.seed + m)
+            folds.append(torch.as_tensor(item_fold)[prob.idx])
+        F = self.cv
+        bar = tqdm(total=sum(len(p) * int(f.max() + 1) for p, f in zip(paths, folds)), desc="heads: alpha path x folds",
+                   disable=not self.progress, leave=False)
+        losses, weights = [], []
+        for m, (prob, fold) in enumerate(zip(problems, folds)):
+            fl, fw = self._cv_losses(prob, fold, paths[m], cv_tau, tol, max_iter, dev, bar)
+            # the best alpha at the end of the path: extend it downwards until the loss turns up
+            extra = 0
+            while self.alphas is None and int(_pooled(fl, fw).argmin()) == len(paths[m]) - 1 and extra < 4:
+                step = paths[m][-1] * (paths[m][-1] / paths[m][-2]) if len(paths[m]) > 2 else paths[m][-1] / 10
+                bar.total += int(fold.max()) + 1
+                more, _ = self._cv_losses(prob, fold, [step], cv_tau, tol, max_iter, dev, bar)
+                paths[m].append(step)
+                fl = torch.cat([fl, more])
+                extra += 1
+            losses.append(fl)
+            weights.append(fw)
+        bar.close()
+        P = max(len(p) for p in paths)
+        fold_loss = torch.full((M, P, F), float("nan"), dtype=torch.float64)
+        fold_w = torch.zeros(M, F, dtype=torch.float64)
+        for m in range(M):
+            fold_loss[m, : losses[m].shape[0], : losses[m].shape[1]] = losses[m]
+            fold_w[m, : len(weights[m])] = weights[m]
+        share = fold_w / fold_w.sum(1, keepdim=True).clamp_min(1e-300)  # folds weighted by held-out weight
+        cv_loss = torch.nansum(fold_loss * share[:, None, :], -1)
+        cv_loss = torch.where(torch.isnan(fold_loss).all(-1), torch.full_like(cv_loss, float("inf")), cv_loss)
+        best = cv_loss.argmin(1)
+        chosen = [paths[m][int(best[m])] for m in range(M)]
+        # refit every attribute at its chosen alpha on all of its data
+        self._fit(X, y, attribute, index, n_attributes, sample_weight, chosen)
+        self.cv_alphas_ = torch.full((M, P), float("nan"), dtype=torch.float64)
+        for m, path in enumerate(paths):
+            self.cv_alphas_[m, : len(path)] = torch.tensor(path, dtype=torch.float64)
+        self.cv_loss_, self.cv_fold_loss_ = cv_loss, fold_loss
+        self.marginal_loss_ = cv_loss[:, 0] if self.alphas is None else torch.full((M,), float("nan"), dtype=torch.float64)
+        self.best_loss_ = cv_loss.gather(1, best[:, None]).squeeze(1)
+        diff = fold_loss[:, 0, :] - fold_loss.gather(1, best[:, None, None].expand(M, 1, F)).squeeze(1)  # [M, F]
+        n_f = (~torch.isnan(diff)).sum(1).clamp_min(1)
+        d_mean = torch.nansum(diff, 1) / n_f
+        d_se = torch.sqrt(torch.nansum((diff - d_mean[:, None]) ** 2, 1) / (n_f - 1).clamp_min(1) / n_f)
+        self.informative_ = (d_mean > d_se) & (best > 0) if self.alphas is None else torch.ones(M, dtype=torch.bool)
+        return self
+
+    def report(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Per attribute: chosen alpha (None = the marginal model), held-out pinball of the
+        chosen model and of the marginal one, relative improvement, non-zero coefficients
+        (median over levels), certified duality gap of the final fit, informative?"""
+        self._check_fitted()
+        names = list(names) if names is not None else [str(m) for m in range(self.coef_.shape[0])]
+        nnz = self.n_nonzero()
+        rows = []
+        for m, name in enumerate(names):
+            a = float(self.alpha_[m])
+            marg, bestl = float(self.marginal_loss_[m]), float(self.best_loss_[m])
+            rows.append({
+                "attribute": name,
+                "alpha": None if a == float("inf") else a,
+                "heldout_pinball": bestl,
+                "marginal_pinball": marg,
+                "improvement": (marg - bestl) / marg if marg > 0 else 0.0,
+                "nonzero_median": float(nnz[m].double().median()),
+                "nonzero_max": int(nnz[m].max()),
+                "duality_gap": float(self.duality_gap_[m].max()),
+                "informative": bool(self.informative_[m]),
+            })
+        return rows

@@ -1,0 +1,29 @@
+"""Shared builders for the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def minilm_backbone():
+    """The real MiniLM backbone (PyPI-shipped), short inputs: loads in about a second."""
+    from distrm.backbones import Backbone
+
+    return Backbone.from_pretrained("minilm", max_length=64, device="cpu")
+
+
+@pytest.fixture()
+def tiny_model(minilm_backbone):
+    """A QRM with random heads and a fixed gate on the real MiniLM backbone (scores real text)."""
+    from distrm.distribution import default_levels
+    from distrm.model import DistributionalRewardModel, ModelConfig
+
+    torch.manual_seed(0)
+    d = minilm_backbone.hidden_size
+    cfg = ModelConfig(backbone="minilm", feature_dim=d, attributes=["a", "b"], levels=default_levels(19).tolist(),
+                      gate="fixed", fixed_weights=[0.5, 0.5], debias_source="length",
+                      backbone_identity=minilm_backbone.identity, backbone_max_length=64)
+    coef = torch.randn(2, 19, d, dtype=torch.float64) * 0.01
+    return DistributionalRewardModel(cfg, coef, torch.zeros(2, 19, dtype=torch.float64), backbone=minilm_backbone)
