@@ -6,11 +6,12 @@ training data (train split of the default shared sets) and the same held-out spl
     PYTHONPATH=src python benchmarks/table1.py --backbones minilm --seeds 0 --max-train-rows 300  # smoke
 
 What varies with the seed (and what does not, so a std of 0 is expected there):
-* QRM: quantile heads are an exact convex solve (deterministic), fitted once per backbone
-  and shared across seeds; the gate's initialisation and batch order vary.
+* QRM: quantile heads are an exact convex solve, with alpha chosen per attribute by CV whose
+  folds depend on the seed; the gate's initialisation and batch order vary.
 * ridge + gate: ridge heads fitted once per backbone (alpha picked on a seed-0 validation
   split), shared; the gate varies.
-* BT head: L-BFGS on a strictly convex loss: one optimum, the same for every seed.
+* BT head: L-BFGS on a strictly convex loss (L2 chosen by CV on held-out pairs): one optimum,
+  the same for every seed.
 * ensemble: 10 BT heads, Adam from seeded random initialisations.
 
 Both QRM and ridge models come from the same ``distrm.train.train`` as ``distrm train``
@@ -88,7 +89,9 @@ def _cfg(args: argparse.Namespace, backbone: str, kind: str, seed: int) -> Train
         ov.append(f"backbone.dtype={dtype}")
     if kind == "ensemble":  # the ensemble recipe's own config (10 BT heads), same data/backbone/caps
         ov = [o for o in ov if not o.startswith("heads.kind=")]
-        return load_config(TrainConfig, str(resources.files("distrm") / "configs" / "ensemble-minilm.yaml"), ov + ["backbone.max_length=512"])
+        # the same inputs as the QRM rows: the embedded default's max_length (and caps)
+        max_len = load_config(TrainConfig, default_config_path()).backbone.max_length
+        return load_config(TrainConfig, str(resources.files("distrm") / "configs" / "ensemble-minilm.yaml"), ov + [f"backbone.max_length={max_len}"])
     return load_config(TrainConfig, default_config_path(), ov)
 
 
@@ -130,7 +133,8 @@ def cal_summary(groups: dict[str, Any]) -> dict[str, Any]:
 def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log: dict[str, Any]) -> dict[str, dict[int, Any]]:
     from distrm.backbones import Backbone
     from distrm.features import extract
-    from distrm.heads.baselines import BTHead
+    from distrm.data.splits import split_key
+    from distrm.heads.baselines import BTHeadCV
     from distrm.train import load_training_data, train
 
     timings: dict[str, float] = {}
@@ -204,7 +208,7 @@ def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log:
     tpr = extract(bb, [p.prompt for p in tp], [p.rejected for p in tp], **kw)
     Xc, Xr = torch.as_tensor(np.asarray(tpc.reward)).double(), torch.as_tensor(np.asarray(tpr.reward)).double()
     t0 = time.perf_counter()
-    bt = BTHead().fit(Xc, Xr)
+    bt = BTHeadCV(seed=seeds[0]).fit(Xc, Xr, groups=[split_key(p.prompt) for p in tp])  # L2 chosen on held-out pairs
     timings["bt_fit_s"] = time.perf_counter() - t0
     for s in seeds:  # deterministic: the same numbers for every seed (reported as such)
         res["BT head"][s] = {"pairs": pair_summary(ev_pairs, ev_sets, bt.predict(Ec).numpy(), bt.predict(Er).numpy())}

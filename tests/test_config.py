@@ -25,7 +25,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
 def test_unknown_keys_and_bad_yaml_are_clear(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("gate:\n  epocs: 5\n")
-    with pytest.raises(ValueError, match=r"c.yaml.gate: unknown key\(s\) \['epocs'\]"):
+    with pytest.raises(ValueError, match=r"c.yaml: unknown key\(s\) \['gate.epocs'\]"):
         load_config(TrainConfig, p)
     p.write_text("gate: [unclosed\n")
     with pytest.raises(ValueError, match="not valid YAML"):
@@ -41,3 +41,33 @@ def test_cli_print_config_and_error_exit(capsys, tmp_path):
     assert "epochs: 9" in capsys.readouterr().out
     assert main(["train", "--print-config", "--set", "nope.x=1"]) == 2
     assert "unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("heads.alpha=abc", "heads.alpha: expected float or null, got 'abc'"),
+    ("heads.kind=lasso", "heads.kind: expected one of ['quantile', 'ridge']"),
+    ("model=qrmm", "model: expected one of ['qrm', 'ensemble']"),
+    ("gate.epochs=2.5", "gate.epochs: expected an integer"),
+    ("progress=maybe", "progress: expected true or false"),
+])
+def test_bad_values_fail_before_any_work(override, needle, capsys, monkeypatch):
+    """A wrong type or an unknown choice is one line naming the key, before any data or backbone."""
+    import time
+
+    import distrm.backbones
+    from distrm.cli import main
+
+    def boom(*a, **k):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("backbone loaded before the config was validated")
+
+    monkeypatch.setattr(distrm.backbones.Backbone, "from_pretrained", boom)
+    t0 = time.perf_counter()
+    assert main(["train", "--set", override]) == 2
+    assert time.perf_counter() - t0 < 5
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_numbers_are_coerced():
+    cfg = load_config(TrainConfig, default_config_path(), ["heads.alpha=1e-3", "gate.epochs=4.0", "heads.tol='1e-5'"])
+    assert cfg.heads.alpha == 1e-3 and cfg.gate.epochs == 4 and cfg.heads.tol == 1e-5

@@ -113,14 +113,14 @@ def test_score_gap_margins():
 def test_config_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown key"):
         load_config(FinetuneConfig, None, ["lora.rank=4"])
-    with pytest.raises(ValueError, match="method must be"):
+    with pytest.raises(ValueError, match="method: expected one of \\[.lora., .full.\\]"):
         validate(load_config(FinetuneConfig, None, ["method=qlora"]))
     with pytest.raises(ValueError, match="max_length"):
         validate(load_config(FinetuneConfig, None, ["max_length=4"]))
-    with pytest.raises(ValueError, match="learning_rate must be a number"):
+    with pytest.raises(ValueError, match="learning_rate: expected a number"):
         validate(load_config(FinetuneConfig, None, ["learning_rate=fast"]))
     assert (validate(c := load_config(FinetuneConfig, None, ["learning_rate=5e-3"])) or c.learning_rate) == 5e-3  # YAML text
-    with pytest.raises(ValueError, match="margin must be"):
+    with pytest.raises(ValueError, match="margin(: expected one of| must be)"):
         validate(load_config(FinetuneConfig, None, ["margin=huge"]))
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: 1e-4\n")

@@ -9,6 +9,7 @@ the key and the file, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,23 +116,87 @@ class TrainConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build a (nested) dataclass from a dict, rejecting unknown keys by name."""
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", _prefix: str = "") -> T:
+    """Build a (nested) dataclass from a dict, rejecting unknown keys by name and values of the
+    wrong type (see :func:`coerce`)."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ValueError(f"{where}: {_prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid: {sorted(names)}")
+        raise ValueError(f"{where}: unknown key(s) {[_prefix + u for u in unknown]}; valid: {sorted(names)}")
     kwargs = {}
     for k, v in data.items():
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
-            kwargs[k] = from_dict(tp, v or {}, f"{where}.{k}")
+            kwargs[k] = from_dict(tp, v or {}, where, f"{_prefix}{k}.")
         else:
-            kwargs[k] = v
+            kwargs[k] = coerce(v, tp, f"{where}: {_prefix}{k}")
     return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as the annotated type ``tp`` (int, float, bool, str, Literal, X | None, list[X],
+    dict[K, V]), or a ValueError naming the key, the expected type or choices and the value.
+    Numbers written as strings (YAML reads ``1e-3`` as a string) are converted; nothing else is
+    guessed. Runs when a config is loaded, i.e. before any data, backbone or feature work."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, a, where)
+            except ValueError as e:
+                errors.append(str(e).split(": ", 1)[-1])
+        names = " or ".join(_type_name(a) for a in args)
+        raise ValueError(f"{where}: expected {names}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [coerce(x, args[0], f"{where}[{i}]") for i, x in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return {coerce(k, args[0], where): coerce(v, args[1], f"{where}.{k}") for k, v in value.items()} if args else value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
