@@ -27,12 +27,9 @@ ATTRIBUTES = ["helpfulness", "correctness", "verbosity"]
 
 def build_model_dir(path: Path) -> Path:
     """Save a quantile model (3 attributes x 19 levels, learned gate, length debiasing)
-    on the MiniLM backbone with seeded random weights. Skips the calling test while
-    ``distrm.backbones`` / ``distrm.features`` are not in the tree yet."""
-    import pytest
-
-    Backbone = pytest.importorskip("distrm.backbones", reason="needs distrm.backbones (MiniLM)").Backbone
-    extract = pytest.importorskip("distrm.features", reason="needs distrm.features").extract
+    on the MiniLM backbone with seeded random weights."""
+    from distrm.backbones import Backbone
+    from distrm.features import extract
 
     backbone = Backbone.from_pretrained("minilm")
     # the feature dim from a real extraction, not a constant

@@ -304,7 +304,6 @@ def test_bootstrap_sample_weight_follows_its_rows():
 
 
 def test_with_project_quantile_heads():
-    pytest.importorskip("distrm.heads.quantile")
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 2))
     X = np.c_[x, np.abs(x[:, 1])]  # the noise scale is linear in the features
