@@ -117,6 +117,12 @@ def main() -> int:
     }
 
     t0 = time.perf_counter()
+    if ec.l2 is None:  # the config's default: the penalty chosen on held-out pairs (as distrm train does)
+        from distrm.data.splits import split_key
+        from distrm.heads.baselines import BTHeadCV
+
+        ec.l2 = BTHeadCV(seed=args.seed).fit(Xc, Xr, groups=[split_key(p.prompt) for p in train]).l2_
+        result["hyperparameters"]["l2"] = ec.l2
     single = BTHead(l2=ec.l2, max_iter=500).fit(Xc, Xr)
     ref_ens = EnsembleRewardModel.from_heads(type("H", (), {"coef_": single.coef_[None]})(), backbone=args.backbone)
     result["reference_single_bt_lbfgs"] = {

@@ -57,6 +57,7 @@ def test_unfinished_shard_is_ignored(tmp_path, minilm):
     assert f.n_computed == 1
 
 
+@pytest.mark.slow
 def test_sigkill_halfway_resumes_with_identical_features(tmp_path):
     store, ref = tmp_path / "store", tmp_path / "ref.npy"
     n, shard = 96, 8

@@ -3,12 +3,14 @@ score -> reload bit-identically (small caps so it runs in CI)."""
 
 import json
 
+import pytest
 import torch
 
 from distrm.cli import main
 from distrm.model import DistributionalRewardModel
 
 
+@pytest.mark.slow
 def test_train_score_reload(tmp_path, capsys):
     out = tmp_path / "model"
     rc = main([
