@@ -348,7 +348,7 @@ def test_config_selects_the_ensemble(tmp_path):
     assert cfg.ensemble.lr == 0.02
     assert load_config(TrainConfig, None).model == "qrm"
     p.write_text("ensemble:\n  members: 4\n")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['members'\]"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['ensemble.members'\]"):
         load_config(TrainConfig, p)
 
 
