@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distrm.distribution import RewardDistribution, default_levels, parse_risk
+from distrm.distribution import RewardDistribution, default_levels
+from distrm.risk import parse_risk
 
 LEVELS = default_levels(19, torch.float64)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distrm.distribution import RISK_MEASURES, RewardDistribution
+from distrm.distribution import RewardDistribution
+from distrm.risk import RISK_MEASURES
 from distrm.rl.bon import candidate_scores, evaluate_picks, load_rewardbench_bon, select
 from distrm.rl.rewards import DistributionalRewardFunction, RiskMeasure, completion_from_trl, prompt_from_trl
 

@@ -18,7 +18,6 @@ no grid), so e.g. CVaR <= mean and the ordering of exponential utilities hold ex
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -304,31 +303,3 @@ class RewardDistribution:
         if measure not in fns:
             raise ValueError(f"unknown risk measure {measure!r}; choose from {sorted(fns)}")
         return fns[measure](**params)
-
-
-RISK_MEASURES = (
-    "mean",
-    "exp_utility",
-    "certainty_equivalent",
-    "cvar",
-    "quantile",
-    "mean_minus_std",
-    "mean_minus_variance",
-)
-
-
-def parse_risk(spec: str) -> tuple[str, dict[str, float]]:
-    """Parse ``"cvar:alpha=0.1"`` / ``"exp_utility:lam=2"`` / ``"mean"`` into (name, params)."""
-    name, _, rest = spec.partition(":")
-    params: dict[str, float] = {}
-    if rest:
-        for kv in rest.split(","):
-            k, eq, v = kv.partition("=")
-            if not eq:
-                raise ValueError(f"bad risk parameter {kv!r} in {spec!r}; expected key=value")
-            params[k.strip()] = float(v)
-    if name not in RISK_MEASURES:
-        raise ValueError(f"unknown risk measure {name!r}; choose from {list(RISK_MEASURES)}")
-    if any(math.isnan(v) for v in params.values()):
-        raise ValueError(f"NaN parameter in {spec!r}")
-    return name, params

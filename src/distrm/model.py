@@ -76,7 +76,7 @@ class ScoreOutput:
         return self.reward.mean()
 
     def to_dict(self, risks: Sequence[str] = ()) -> list[dict[str, Any]]:
-        from distrm.distribution import parse_risk
+        from distrm.risk import parse_risk
 
         rows = []
         rvals = {}

@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from distrm.hub import load_reward_model
     from distrm.rl.bon import DEFAULT_RISKS, bon_with_cis, load_rewardbench_bon, plot_bon, score_candidates
     from distrm.rl.prompts import default_data_dir
+    from distrm.risk import parse_risk
 
+    for spec in args.risk or []:
+        parse_risk(spec)  # the risk vocabulary: fail before loading data or the model
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     data = load_rewardbench_bon(data_dir / "rewardbench-bon", args.n_candidates, args.max_prompts)
     model = load_reward_model(args.model)

@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
         loopback = args.host == "localhost"
+    from distrm.risk import parse_risk
+
+    parse_risk(args.reward_risk)  # the risk vocabulary: fail before loading the model
     if not loopback and token is None:
         print(f"distrm serve: warning: binding {args.host} without a token; anyone who can reach it can use it", file=sys.stderr)
     limits = Limits(

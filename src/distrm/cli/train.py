@@ -98,7 +98,7 @@ def _read_inputs(args) -> tuple[list, list[str]]:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from distrm.distribution import parse_risk
+    from distrm.risk import parse_risk
     from distrm.model import DistributionalRewardModel
 
     for spec in args.risk:

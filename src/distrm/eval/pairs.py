@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from distrm.data.records import PreferencePair, prompt_hash
-from distrm.distribution import RewardDistribution, parse_risk
+from distrm.distribution import RewardDistribution
+from distrm.risk import parse_risk
 
 # allenai/reward-bench@a32e272 rewardbench/constants.py
 REWARDBENCH_EXAMPLE_COUNTS: dict[str, int] = {

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from distrm.distribution import RewardDistribution
-from distrm.rl.rewards import RiskMeasure
+from distrm.risk import RiskMeasure
 
 N_ANNOTATED = 11  # samples 0..10 have judge verdicts
 

@@ -21,81 +21,22 @@ import inspect
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
-from distrm.distribution import RISK_MEASURES, RewardDistribution, parse_risk
+from distrm.distribution import RewardDistribution
+from distrm.risk import RISK_MEASURES, RiskMeasure  # noqa: F401  (re-exported)
 
 # the tail levels QRM's Figure 3 tracks
 TAIL_LEVELS: tuple[float, ...] = (0.05, 0.10, 0.15, 0.20, 0.25)
-
-# parameters each measure needs; a missing one is a config error, not a silent default,
-# because e.g. exp_utility's lam sets the whole strength of risk aversion
-_REQUIRED = {"exp_utility": ("lam",), "certainty_equivalent": ("lam",), "quantile": ("tau",)}
-_ALIASES = {"expectation": "mean", "exp": "exp_utility", "ce": "certainty_equivalent", "lower_quantile": "quantile"}
-
 
 class ScoresDistributions(Protocol):
     """What the adapter needs from a model: DistributionalRewardModel, EnsembleRewardModel
     or anything else whose ``score`` returns an object with a ``.reward`` distribution."""
 
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> Any: ...
-
-
-@dataclass(frozen=True)
-class RiskMeasure:
-    """A named scalar summary of a reward distribution, with its parameters.
-
-    Built from a spec string (``"cvar:alpha=0.1"``), a dict (``{"name": "cvar", "alpha": 0.1}``)
-    or another ``RiskMeasure``; validated when built so a typo fails before training starts.
-    """
-
-    name: str
-    params: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.name not in RISK_MEASURES:
-            raise ValueError(f"unknown risk measure {self.name!r}; choose from {list(RISK_MEASURES)}")
-        fn = getattr(RewardDistribution, self.name)
-        allowed = set(inspect.signature(fn).parameters) - {"self"}
-        unknown = set(self.params) - allowed
-        if unknown:
-            raise ValueError(f"{self.name} takes {sorted(allowed) or 'no parameters'}, got {sorted(unknown)}")
-        missing = [p for p in _REQUIRED.get(self.name, ()) if p not in self.params]
-        if missing:
-            raise ValueError(f"{self.name} needs {missing} (e.g. {self.name}:{missing[0]}=...)")
-        if self.name == "quantile" and not 0 <= self.params["tau"] <= 1:
-            raise ValueError("quantile tau must lie in [0, 1]")
-        if self.name == "cvar" and not 0 < self.params.get("alpha", 0.1) <= 1:
-            raise ValueError("cvar alpha must lie in (0, 1]")
-        if self.name in ("exp_utility",) and self.params["lam"] == 0:
-            raise ValueError("exp_utility needs lam != 0 (lam -> 0 is the mean)")
-
-    @classmethod
-    def parse(cls, spec: "str | dict[str, Any] | RiskMeasure") -> "RiskMeasure":
-        if isinstance(spec, RiskMeasure):
-            return spec
-        if isinstance(spec, dict):
-            d = dict(spec)
-            name = str(d.pop("name"))
-            return cls(_ALIASES.get(name, name), {k: float(v) for k, v in d.items()})
-        name, _, rest = str(spec).partition(":")
-        name = _ALIASES.get(name.strip(), name.strip())
-        name, params = parse_risk(name + (":" + rest if rest else ""))
-        return cls(name, params)
-
-    @property
-    def spec(self) -> str:
-        """Canonical string form (round-trips through :meth:`parse`)."""
-        if not self.params:
-            return self.name
-        return self.name + ":" + ",".join(f"{k}={v:g}" for k, v in sorted(self.params.items()))
-
-    def __call__(self, dist: RewardDistribution) -> torch.Tensor:
-        return dist.risk(self.name, **self.params)
 
 
 def prompt_from_trl(prompt: Any) -> Any:

@@ -48,6 +48,11 @@ class RewardConfig:
     risk: str = "mean"  # mean | exp_utility:lam=.. | certainty_equivalent:lam=.. | cvar:alpha=.. | quantile:tau=.. | mean_minus_std:c=.. | mean_minus_variance:beta=..
     batch_size: int = 32
 
+    def __post_init__(self) -> None:  # the risk vocabulary, checked when the config loads
+        from distrm.risk import RiskMeasure
+
+        RiskMeasure.parse(self.risk)
+
 
 @dataclass
 class KLConfig:

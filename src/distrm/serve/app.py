@@ -46,7 +46,8 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
 from distrm import __version__
-from distrm.distribution import RISK_MEASURES, RewardDistribution, parse_risk
+from distrm.distribution import RewardDistribution
+from distrm.risk import RISK_MEASURES, parse_risk
 from distrm.model import DistributionalRewardModel, ScoreOutput
 from distrm.serve.batching import DynamicBatcher, ItemFailed, Overloaded
 from distrm.serve.limits import BodySizeLimit, Limits
