@@ -35,7 +35,6 @@ from distrm import __version__
 from distrm.data.records import PreferencePair, Prompt
 from distrm.distribution import RewardDistribution
 from distrm.risk import parse_risk
-from distrm.hub import load_reward_model  # noqa: F401  (re-exported: the loader for any saved model)
 from distrm.model import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, ScoreOutput, warn_empty
 
 MODEL_TYPE = "ensemble"

@@ -17,20 +17,11 @@ DEFAULT_STORE = ".cache/distrm/features"
 
 
 def load_any_model(path: str | Path) -> Any:
-    """QRM, ridge baseline or ensemble: whatever ``path`` holds. Uses the ensemble
-    package's dispatcher when it exists (it knows its own directory layout)."""
-    load_reward_model = None
-    for mod in ("distrm.hub", "distrm.ensemble"):
-        try:
-            load_reward_model = __import__(mod, fromlist=["load_reward_model"]).load_reward_model
-            break
-        except (ImportError, AttributeError):
-            continue
-    if load_reward_model is not None:
-        return load_reward_model(path)
-    from distrm.model import DistributionalRewardModel
+    """QRM, ridge baseline or ensemble: whatever ``path`` holds (the hub loader dispatches on
+    the folder's ``model_type``)."""
+    from distrm.hub import load_reward_model
 
-    return DistributionalRewardModel.from_pretrained(path)
+    return load_reward_model(path)
 
 
 def model_label(model: Any, path: str | Path) -> str:
