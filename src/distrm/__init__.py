@@ -7,3 +7,11 @@ data -> features -> heads -> gate -> distribution -> risk -> RL / eval / serve.
 __version__ = "0.1.0"
 
 from distrm.distribution import RewardDistribution  # noqa: E402,F401
+
+
+def __getattr__(name: str):  # lazy: ``from distrm import AutoRewardModel`` without importing every model class up front
+    if name == "AutoRewardModel":
+        from distrm.hub import AutoRewardModel
+
+        return AutoRewardModel
+    raise AttributeError(f"module 'distrm' has no attribute {name!r}")

@@ -172,6 +172,14 @@ class EnsembleRewardModel:
         save_file(tensors, str(tmp), metadata={"format": "pt", "distrm_version": __version__, "model_type": MODEL_TYPE})
         tmp.replace(path / WEIGHTS_NAME)
         (path / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n", encoding="utf-8")
+        from distrm.card import write_model_card
+
+        cfg = dataclasses.asdict(self.config)
+        write_model_card(path, MODEL_TYPE, cfg, (
+            f"An ensemble of {self.coef.shape[0]} linear Bradley-Terry reward heads on one frozen backbone: for a (prompt, "
+            "response) it outputs the members' rewards as a reward distribution; their mean is the scalar reward, their "
+            "spread the epistemic uncertainty, and risk measures (mean - std, CVaR over members, ...) are lower bounds."),
+            cfg.get("training"))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, backbone: Any = None) -> "EnsembleRewardModel":

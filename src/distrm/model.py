@@ -223,6 +223,14 @@ class DistributionalRewardModel:
         save_file(tensors, str(tmp), metadata={"format": "pt", "distrm_version": __version__})
         tmp.replace(path / WEIGHTS_NAME)
         (path / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n", encoding="utf-8")
+        from distrm.card import write_model_card
+
+        c = self.config
+        write_model_card(path, "qrm", dataclasses.asdict(c), (
+            f"A Quantile Reward Model: for a (prompt, response) it outputs, per attribute, {c.n_levels} quantiles of "
+            f"the rating a rater would give, gate weights over the {len(c.attributes)} attributes (from the prompt), and "
+            f"their mixture ({c.mix}) as a reward distribution; its mean is the scalar reward, and risk measures "
+            "(CVaR, exponential utility, lower quantiles, ...) summarise its lower tail."))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, backbone: Any = None) -> "DistributionalRewardModel":

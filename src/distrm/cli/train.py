@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
     s = sub.add_parser("score", help="score (prompt, response) pairs with a saved model")
-    s.add_argument("model", help="model directory written by distrm train")
+    s.add_argument("model", help="model folder written by distrm train, or a Hugging Face Hub id")
+    s.add_argument("--revision", default=None, help="Hub branch, tag or commit (with a Hub id)")
     s.add_argument("--prompt", action="append", default=[], help="prompt text (repeat for several)")
     s.add_argument("--response", action="append", default=[], help="response text (one per --prompt, or several for one --prompt)")
     s.add_argument("--input", default=None, help="JSONL file with prompt/response fields instead of --prompt/--response")
@@ -99,12 +100,12 @@ def _read_inputs(args) -> tuple[list, list[str]]:
 
 def run_score(args: argparse.Namespace) -> int:
     from distrm.risk import parse_risk
-    from distrm.model import DistributionalRewardModel
+    from distrm.hub import AutoRewardModel
 
     for spec in args.risk:
         parse_risk(spec)  # fail before loading anything
     prompts, responses = _read_inputs(args)
-    model = DistributionalRewardModel.from_pretrained(args.model)
+    model = AutoRewardModel.from_pretrained(args.model, revision=args.revision)
     out = model.score(prompts, responses)
     risks = args.risk or ["cvar:alpha=0.1"]
     rows = out.to_dict(risks)
@@ -114,6 +115,9 @@ def run_score(args: argparse.Namespace) -> int:
         return 0
     for i, r in enumerate(rows):
         print(f"=== pair {i}: mean reward {r['mean']:.4f}  " + "  ".join(f"{k} {v:.4f}" for k, v in r["risk"].items()))
+        if "members" in r:  # an ensemble: its members are the distribution
+            print(f"  variance across {len(r['members'])} members {r['variance']:.4g}: " + " ".join(f"{m:.3f}" for m in r["members"]))
+            continue
         lv = r["levels"]
         q = r["quantiles"]
         if lv:
