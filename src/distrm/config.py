@@ -232,5 +232,54 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data, where)
 
 
+def field_help(cls: type) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every field of a (nested) config dataclass, the help being
+    the field's own comment in the source: one place documents a field, ``--help`` shows it."""
+    import inspect
+    import io
+    import tokenize
+
+    comments: dict[str, str] = {}
+    try:
+        src = inspect.getsource(cls)
+        lines = src.splitlines()
+        above: list[str] = []  # full-line comments right above a field also document it
+        inline = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(src).readline)
+                  if tok.type == tokenize.COMMENT}
+        for i, line in enumerate(lines, 1):
+            st = line.strip()
+            if st.startswith("#"):
+                above.append(st.lstrip("# ").strip())
+                continue
+            name = st.split(":", 1)[0].strip()
+            if name.isidentifier() and st.startswith(name + ":"):
+                parts = above + ([inline[i].lstrip("# ").strip()] if i in inline and not st.startswith("#") else [])
+                if parts:
+                    comments[name] = " ".join(parts)
+            above = []
+    except (OSError, TypeError):
+        pass
+    hints = typing.get_type_hints(cls)
+    rows: list[tuple[str, str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += [(f"{f.name}.{k}", t, d, h) for k, t, d, h in field_help(tp)]
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "")  # type: ignore[misc]
+        rows.append((f.name, _type_name(tp) if isinstance(tp, type) else str(tp).replace("typing.", ""), yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("..."
+                     ).strip(), comments.get(f.name, "")))
+    return rows
+
+
+def format_field_help(cls: type) -> str:
+    """The config keys as an argparse epilog: key (type, default): help."""
+    lines = ["config keys (YAML, or --set key=value; defaults are the built-in ones, --print-config shows the resolved config):"]
+    for key, tp, default, h in field_help(cls):
+        lines.append(f"  {key} ({tp}, default {default}){': ' + h if h else ''}")
+    return "\n".join(lines)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)

@@ -6,7 +6,7 @@ import argparse
 import json
 from importlib import resources
 
-from distrm.config import TrainConfig, load_config
+from distrm.config import TrainConfig, format_field_help, load_config
 
 DEFAULT_CONFIG = "qrm-minilm.yaml"
 
@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="extract features, fit quantile heads and the gate, save the model",
         description="Train a distributional reward model. Every hyperparameter is in the YAML config; "
-        "--set section.key=value overrides (e.g. --set gate.epochs=10 --set backbone.name=smollm2-135m).",
+        "--set section.key=value overrides (e.g. --set gate.epochs=10 --set backbone.name=smollm2-135m). "
+        "Values are checked against each key's type and choices before any work starts.",
+        epilog=format_field_help(TrainConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=None, help=f"YAML config (default: the embedded {DEFAULT_CONFIG})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
