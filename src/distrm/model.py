@@ -136,6 +136,13 @@ class DistributionalRewardModel:
         self.config = config
         self.coef = coef.double()
         self.intercept = intercept.double()
+        # the heads are the unit the model holds: quantile heads predict (and rearrange) themselves
+        self.heads = None
+        if config.head == "quantile":
+            from distrm.heads.quantile import QuantileHeads
+
+            self.heads = QuantileHeads.from_state_dict(
+                {"coef": self.coef, "intercept": self.intercept, "levels": torch.tensor(config.levels, dtype=torch.float64)})
         self.gate = gate.eval() if gate is not None else None
         self.debias = (debias if debias is not None else torch.zeros(M)).double()
         self._backbone = backbone
@@ -153,8 +160,10 @@ class DistributionalRewardModel:
         ``debias=False``: the heads' own prediction of each attribute's rating, before the
         ranking-time length shift ``- p_m v(y)`` (what calibration against raters compares)."""
         X = torch.as_tensor(reward_features).double()
-        vals = torch.einsum("nd,mkd->nmk", X, self.coef) + self.intercept
-        vals = vals.sort(dim=-1).values
+        if self.heads is not None:
+            vals = self.heads.predict(X)  # [n, M, K], sorted along the levels
+        else:  # point-estimate heads (ridge baseline): K = 1, nothing to rearrange
+            vals = torch.einsum("nd,mkd->nmk", X, self.coef) + self.intercept
         if debias and bool((self.debias != 0).any()):
             v = self._verbosity(vals, responses)
             vals = vals - self.debias[None, :, None] * v[:, None, None]
