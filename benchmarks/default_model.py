@@ -152,7 +152,7 @@ def pair_accuracy(model, bb, store, cfg: TrainConfig, args) -> dict[str, Any]:
     from distrm.data.splits import split_key
     from distrm.features import extract
     from distrm.heads.baselines import BTHeadCV
-    from distrm.train import load_training_data
+    from distrm.train import load_training_data, pair_report
 
     _, tp, _ = load_training_data(cfg)
     fc = extract(bb, [p.prompt for p in tp], [p.chosen for p in tp], store=store, progress=False)
@@ -163,22 +163,17 @@ def pair_accuracy(model, bb, store, cfg: TrainConfig, args) -> dict[str, Any]:
     for name in pe.SHARED_PAIR_SETS:
         ps = pe.cap_pairs(pe.load_shared_set(name, args.data_dir, srcs, tf), args.max_eval_pairs)
         prompts = [p.prompt for p in ps.pairs]
-        ch, rj = [p.chosen for p in ps.pairs], [p.rejected for p in ps.pairs]
-        ec = extract(bb, prompts, ch, store=store, progress=False)
-        er = extract(bb, prompts, rj, store=store, progress=False)
+        ec = extract(bb, prompts, [p.chosen for p in ps.pairs], store=store, progress=False)
+        er = extract(bb, prompts, [p.rejected for p in ps.pairs], store=store, progress=False)
         Ec, Er = torch.as_tensor(np.asarray(ec.reward)).double(), torch.as_tensor(np.asarray(er.reward)).double()
-        Pc = torch.as_tensor(np.asarray(ec.prompt)).double()
-        sc = model.score_features(Ec, Pc, ch).mean.numpy()
-        sr = model.score_features(Er, Pc, rj).mean.numpy()
-        lc, lr = np.array([len(x.split()) for x in ch]), np.array([len(x.split()) for x in rj])
-        unequal = lc != lr
-        prefers_shorter = np.where(sc > sr, lc < lr, lr < lc)
+        rep = pair_report(model, Ec, Er, torch.as_tensor(np.asarray(ec.prompt)).double(), ps.pairs)  # as distrm train reports
+        agree = rep["agreement_with_shorter_wins"]
         out[name] = {
             "split": ps.split, "n": len(ps.pairs),
-            "mixture": float((sc > sr).mean()),
+            "mixture": rep["accuracy"],
             "bt_head": float((bt.predict(Ec).numpy() > bt.predict(Er).numpy()).mean()),
-            "longer_wins": float((lc > lr).mean()),
-            "mixture_agrees_with_shorter_wins": float(prefers_shorter[unequal].mean()) if unequal.any() else None,
+            "longer_wins": rep["longer_wins_accuracy"],
+            "mixture_agrees_with_shorter_wins": None if np.isnan(agree) else agree,
         }
     return out
 

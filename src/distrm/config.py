@@ -157,12 +157,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in (a for a in args if a is not type(None)):
             try:
                 return coerce(value, a, where)
-            except ValueError as e:
-                errors.append(str(e).split(": ", 1)[-1])
+            except ValueError:
+                continue
         names = " or ".join(_type_name(a) for a in args)
         raise ValueError(f"{where}: expected {names}, got {value!r}")
     if origin is list:

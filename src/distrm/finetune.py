@@ -101,26 +101,19 @@ class FinetuneConfig:
     progress: bool = True
 
 
-FLOAT_FIELDS = ("learning_rate", "warmup_ratio", "weight_decay", "num_train_epochs", "margin_value", "margin_scale",
-                "center_rewards_coefficient", "holdout_fraction")  # fmt: skip
-
-
 def validate(cfg: FinetuneConfig) -> None:
-    """Clear errors for bad values before any model is loaded. YAML reads ``5e-3`` (no dot) as
-    text: such numbers are converted here instead of failing deep inside the trainer."""
-    for name in FLOAT_FIELDS:
-        v = getattr(cfg, name)
-        if isinstance(v, str):
-            try:
-                setattr(cfg, name, float(v))
-            except ValueError:
-                raise ValueError(f"{name} must be a number, got {v!r}") from None
-        elif v is not None and not isinstance(v, (int, float)):
-            raise ValueError(f"{name} must be a number, got {v!r}")
+    """Clear errors for bad values before any model is loaded. Types and choices go through the
+    config system's own check (:func:`distrm.config.from_dict`, which also turns YAML's ``5e-3``
+    text into a number), so a config built in Python is checked like one read from YAML; the
+    ranges are checked here."""
+    import dataclasses
+
+    from distrm.config import from_dict
+
+    typed = from_dict(FinetuneConfig, dataclasses.asdict(cfg), "finetune config")
+    for f in dataclasses.fields(FinetuneConfig):
+        setattr(cfg, f.name, getattr(typed, f.name))
     checks = [
-        (cfg.method in ("lora", "full"), f"method must be 'lora' or 'full', got {cfg.method!r}"),
-        (cfg.margin in ("none", "constant", "score_gap"), f"margin must be none, constant or score_gap, got {cfg.margin!r}"),
-        (cfg.truncation in ("left", "filter"), f"truncation must be 'left' or 'filter', got {cfg.truncation!r}"),
         (isinstance(cfg.max_length, int) and cfg.max_length >= 16, f"max_length must be an int >= 16, got {cfg.max_length!r}"),
         (0.0 <= cfg.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}"),
         (cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}"),
@@ -130,7 +123,6 @@ def validate(cfg: FinetuneConfig) -> None:
         (0.0 <= cfg.holdout_fraction < 0.5, f"holdout_fraction must be in [0, 0.5), got {cfg.holdout_fraction}"),
         (cfg.max_pairs is None or cfg.max_pairs >= 2, f"max_pairs must be >= 2 or null, got {cfg.max_pairs}"),
         (cfg.lora.r >= 1 and cfg.lora.alpha > 0, f"lora.r must be >= 1 and lora.alpha > 0, got {cfg.lora.r}/{cfg.lora.alpha}"),
-        (cfg.save_dtype in ("float32", "bfloat16"), f"save_dtype must be float32 or bfloat16, got {cfg.save_dtype!r}"),
         (cfg.center_rewards_coefficient is None or cfg.center_rewards_coefficient >= 0, "center_rewards_coefficient must be >= 0"),
     ]
     for ok, msg in checks:

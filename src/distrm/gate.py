@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from distrm.heads.objective import standardizer
+
 
 class GatingNetwork(nn.Module):
     def __init__(
@@ -105,9 +107,9 @@ def train_gate(
     diff = (mean_chosen - mean_rejected).float()
     feats = prompt_features.float()
     with torch.no_grad():
-        gate.input_mean.copy_(feats.mean(0))
-        sd = feats.std(0, unbiased=False)
-        gate.input_scale.copy_(torch.where(sd > 1e-12 * sd.max().clamp_min(1e-30), sd, torch.ones_like(sd)))
+        mean, scale = standardizer(feats)
+        gate.input_mean.copy_(mean)
+        gate.input_scale.copy_(scale)
     log: list[dict] = []
     bar = tqdm(total=total, desc="gate", disable=not cfg.progress, leave=False)
     gate.train()

@@ -173,15 +173,10 @@ def fit_heads(cfg: TrainConfig, X: torch.Tensor, t: AttributeTargets, ckpt_dir: 
                                     cv_levels=cv_levels, seed=cfg.seed, progress=cfg.progress, **common)
             groups = [split_key(p) for p in t.prompts]
             heads.fit(X, t.y, attribute=t.attribute, index=t.index, n_attributes=M, sample_weight=t.weight, groups=groups)
-            report = heads.report(t.attributes)
         else:
             heads = QuantileHeads(alpha=hc.alpha, **common)
             heads.fit(X, t.y, attribute=t.attribute, index=t.index, n_attributes=M, sample_weight=t.weight)
-            nnz = heads.n_nonzero()
-            report = [{"attribute": a, "alpha": hc.alpha, "heldout_pinball": None, "marginal_pinball": None,
-                       "improvement": None, "nonzero_median": float(nnz[m].double().median()),
-                       "nonzero_max": int(nnz[m].max()), "duality_gap": float(heads.duality_gap_[m].max()),
-                       "informative": None} for m, a in enumerate(t.attributes)]
+        report = heads.report(t.attributes)
         coef, intercept, lv = heads.coef_.double().cpu(), heads.intercept_.double().cpu(), levels
     elif hc.kind == "ridge":
         rep = t.weight.astype(np.int64)  # back to one row per rater: ridge fits their mean

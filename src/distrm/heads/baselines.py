@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distrm.heads.objective import standardizer
 from distrm.heads.targets import LongTargets, as_long_targets
 
 ALPHA_GRID = tuple(10.0**k for k in range(-4, 5))
@@ -109,7 +110,7 @@ class BTHead:
         if not self.l2 >= 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
         Xc, Xr = self._check(X_chosen, X_rejected)
-        scale = feature_scale(torch.cat([Xc, Xr])) if self.standardize else torch.ones(Xc.shape[1], dtype=torch.float64)
+        scale = standardizer(torch.cat([Xc, Xr]))[1] if self.standardize else torch.ones(Xc.shape[1], dtype=torch.float64)
         D = (Xc - Xr) / scale
         w = torch.zeros(D.shape[1], dtype=torch.float64, requires_grad=True)
         opt = torch.optim.LBFGS([w], max_iter=self.max_iter, line_search_fn="strong_wolfe")
@@ -130,12 +131,6 @@ class BTHead:
     def predict(self, X) -> torch.Tensor:
         """[n] rewards (no intercept: it cancels in every comparison)."""
         return torch.as_tensor(np.asarray(X), dtype=torch.float64) @ self.coef_
-
-
-def feature_scale(X: torch.Tensor) -> torch.Tensor:
-    """[d] the spread of each feature (1 for a constant one)."""
-    sd = X.std(0, unbiased=False)
-    return torch.where(sd > 1e-12 * sd.max().clamp_min(1e-300), sd, torch.ones_like(sd))
 
 
 L2_GRID = tuple(10.0**k for k in range(-4, 3))

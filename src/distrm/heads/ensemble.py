@@ -136,9 +136,9 @@ class BTEnsembleHeads:
             raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
         if self.init not in ("random", "single_head"):
             raise ValueError(f"init must be 'random' or 'single_head', got {self.init!r}")
-        from distrm.heads.baselines import feature_scale
+        from distrm.heads.objective import standardizer
 
-        scale = feature_scale(torch.cat([Xc, Xr])) if self.standardize else torch.ones(Xc.shape[1], dtype=torch.float64)
+        scale = standardizer(torch.cat([Xc, Xr]))[1] if self.standardize else torch.ones(Xc.shape[1], dtype=torch.float64)
         D = (Xc - Xr) / scale
         n, d = D.shape
         N = self.n_members

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from distrm.heads.objective import pinball
+from distrm.heads.objective import pinball, weighted_quantile
 
 _STEP = 0.99995
 _INF = torch.tensor(float("inf"), dtype=torch.float64)
@@ -102,16 +102,11 @@ def ipm_quantile(
     t = pen.expand(K, d).clone()
     c = A_mul(a, t)  # exactly the right-hand side for this start
     # dual start: beta = 0, b = a weighted tau-quantile of y; z - w = g - A^T lam, both > 0
-    order = torch.argsort(y)
-    cw = torch.cumsum(om[order], 0)
-    b0 = y[order][torch.searchsorted(cw, tau.clamp(max=float(cw[-1])))].clamp_max(y.max())
-    if not intercept:
-        b0 = torch.zeros_like(b0)
+    b0 = weighted_quantile(y, om, tau) if intercept else torch.zeros_like(tau)
     lam = torch.zeros(K, q, dtype=f64, device=dev)
     if intercept:
         lam[:, d] = -b0
-    ra, rt = At_mul(lam)
-    ra, rt = g_a - ra, -rt  # dual residual before z, w
+    ra = g_a - At_mul(lam)[0]  # dual residual of the data rows before z, w (the t rows' is 0)
     eps_a = ra.abs().mean(1, keepdim=True).clamp_min(1e-3)
     za, wa = ra.clamp_min(0) + eps_a, (-ra).clamp_min(0) + eps_a
     zt = torch.full_like(t, 1.0) * eps_a
@@ -124,7 +119,6 @@ def ipm_quantile(
     gap = torch.full_like(best_P, float("inf"))
     stall = 0
     it = 0
-    eye_t = torch.zeros(K, q, dtype=f64, device=dev)
     for it in range(1, max_iter + 1):
         sa, st = u_a - a, u_t - t
         # residuals: primal stays ~0 (feasible start, Newton keeps it), dual may not be
@@ -140,7 +134,7 @@ def ipm_quantile(
         if m < small_m_fraction * d:
             normal_solve = _item_space_solver(Z, ti, theta_t, intercept)
         if normal_solve is None:
-            normal_solve = _feature_space_solver(Zb, ti, theta_t, eye_t, d)
+            normal_solve = _feature_space_solver(Zb, ti, theta_t)
 
         def solve(rxa, rxt, rsa, rst):
             qa = rca - rxa / a + rsa / sa
@@ -233,18 +227,17 @@ def ipm_quantile(
     return {"beta": best_beta, "b": best_b, "objective": best_P, "lower": best_D, "gap": gap, "n_iter": it}
 
 
-def _feature_space_solver(Zb: torch.Tensor, ti: torch.Tensor, theta_t: torch.Tensor, eye_t: torch.Tensor, d: int):
+def _feature_space_solver(Zb: torch.Tensor, ti: torch.Tensor, theta_t: torch.Tensor):
     """Factor the (d+1) x (d+1) normal matrix [Z, 1]^T diag(ti) [Z, 1] + diag(theta_t, 0) per level;
     returns rhs [K, q] -> solution [K, q]. Cost K m d^2 + K d^3 / 3."""
     K, m = ti.shape
-    q = Zb.shape[1]
+    q, d = Zb.shape[1], theta_t.shape[1]
     if K * m * q <= 1 << 24:  # one batched product while the [K, m, d+1] temporary is small
         Nm = (ti[:, :, None] * Zb).transpose(1, 2) @ Zb
     else:
         Nm = torch.stack([(Zb * ti[k, :, None]).T @ Zb for k in range(K)])
-    eye_t[:, :d] = theta_t
     diag = Nm.diagonal(dim1=1, dim2=2)
-    diag.add_(eye_t)
+    diag[:, :d] += theta_t  # the slack block; the intercept's entry has none
     diag.add_(1e-14 * diag.amax(1, keepdim=True))
     L, info = torch.linalg.cholesky_ex(Nm)
     if bool((info > 0).any()):  # numerically singular: regularise a little more

@@ -36,7 +36,6 @@ vector is at least as good in summed pinball loss over the levels as the unsorte
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from typing import Any, Literal, Sequence
@@ -48,10 +47,8 @@ from distrm.distribution import RewardDistribution, default_levels
 from distrm.heads.admm import admm_fit
 from distrm.heads.cv import group_folds
 from distrm.heads.ipm import ipm_quantile
-from distrm.heads.objective import pinball
+from distrm.heads.objective import pinball, standardizer, weighted_quantile
 from distrm.heads.targets import LongTargets, as_long_targets
-
-logger = logging.getLogger(__name__)
 
 Solver = Literal["ipm", "admm"]
 _DEFAULT_TOL = {"ipm": 1e-6, "admm": 1e-3}
@@ -59,7 +56,7 @@ _DEFAULT_MAX_ITER = {"ipm": 100, "admm": 5000}
 # a solve that ends above this certified gap is reported as unconverged (tol is the target)
 _FAR_GAP = 1e-3
 
-__all__ = ["QuantileHeads", "QuantileHeadsCV", "pinball"]
+__all__ = ["QuantileHeads", "QuantileHeadsCV", "pinball", "standardizer", "weighted_quantile"]
 
 
 def _as_tensor(a: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -116,23 +113,6 @@ def _long_targets(
     return t, w
 
 
-def standardizer(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean [d], scale [d]) of the rows of X; a constant column gets scale 1 (its standardised
-    value is 0, so its coefficient is 0 under any penalty)."""
-    mean = X.mean(0)
-    scale = (X - mean).pow(2).mean(0).sqrt()
-    tiny = 1e-12 * float(scale.max()) if scale.numel() else 0.0
-    return mean, torch.where(scale > max(tiny, 1e-300), scale, torch.ones_like(scale))
-
-
-def weighted_quantile(y: torch.Tensor, w: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """[K] a minimiser of sum_i w_i rho_tau(y_i - b) (the lower weighted tau-quantile)."""
-    order = torch.argsort(y)
-    cw = torch.cumsum(w[order], 0) / w.sum()
-    pos = torch.searchsorted(cw, tau.to(cw.dtype) - 1e-12).clamp(max=len(y) - 1)
-    return y[order][pos]
-
-
 def alpha_max(prob: "_Problem", tau: torch.Tensor) -> float:
     """The smallest alpha at which beta = 0 (the intercept-only model) is optimal at every
     level, up to ties: a feasible dual point of the intercept-only fit (tied rows share the
@@ -172,6 +152,20 @@ class _Problem:
         return p
 
 
+def _is_marginal(prob: "_Problem", tau: torch.Tensor, alpha: float, fit_intercept: bool) -> bool:
+    """beta = 0 is optimal at this alpha (alpha_max is certified by a feasible dual point)."""
+    return alpha == float("inf") or (fit_intercept and alpha >= alpha_max(prob, tau))
+
+
+def _default_batch(dev: torch.device, cdt: torch.dtype, d: int, sizes: list[int]) -> int:
+    """Attributes per first-order solve: 1 on a CPU, as many as fit in half the free GPU memory."""
+    if dev.type != "cuda" or not sizes:
+        return 1
+    free, _ = torch.cuda.mem_get_info(dev)
+    per = max(sizes) * d * torch.finfo(cdt).bits // 8 + 3 * d * d * 8
+    return max(1, min(len(sizes), int(0.5 * free // per)))
+
+
 def _solve(
     prob: _Problem, tau: torch.Tensor, alpha: float, solver: str, fit_intercept: bool, tol: float, max_iter: int,
     device: torch.device, verbose: bool = False, check_every: int = 20, pseudo_scale: float = 0.1,
@@ -179,7 +173,7 @@ def _solve(
 ) -> dict[str, Any]:
     """beta [K, d], b [K], objective [K], gap [K], n_iter for one attribute at one alpha."""
     d = prob.Z.shape[1]
-    if alpha == float("inf") or (alpha >= alpha_max(prob, tau) and fit_intercept):
+    if _is_marginal(prob, tau, alpha, fit_intercept):
         # beta = 0 is optimal (alpha_max is certified by a feasible dual point): closed form
         b = weighted_quantile(prob.y, prob.om, tau)
         K = len(tau)
@@ -256,22 +250,27 @@ class QuantileHeads:
         self.verbose = verbose
 
     # ------------------------------------------------------------------ config
-    def _validate(self, n_attributes: int, alpha: Any) -> tuple[torch.Tensor, list[float], float, int]:
+    def _validate(self) -> tuple[torch.Tensor, float, int]:
+        """(levels, tol, max_iter) from the parameters, each checked."""
         levels = _check_levels(self.levels)
         if self.solver not in _DEFAULT_TOL:
             raise ValueError(f"solver must be 'ipm' or 'admm', got {self.solver!r}")
-        alphas = [float(alpha)] * n_attributes if np.ndim(alpha) == 0 else [float(a) for a in alpha]
-        if len(alphas) != n_attributes:
-            raise ValueError(f"alpha has {len(alphas)} values for {n_attributes} attributes")
-        if not all(a >= 0 and not np.isnan(a) for a in alphas):
-            raise ValueError(f"alpha must be >= 0 (inf: the intercept-only model), got {alpha}")
         tol = _DEFAULT_TOL[self.solver] if self.tol is None else float(self.tol)
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {self.tol}")
         max_iter = _DEFAULT_MAX_ITER[self.solver] if self.max_iter is None else int(self.max_iter)
         if max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
-        return levels, alphas, tol, max_iter
+        return levels, tol, max_iter
+
+    @staticmethod
+    def _alphas(alpha: Any, n_attributes: int) -> list[float]:
+        alphas = [float(alpha)] * n_attributes if np.ndim(alpha) == 0 else [float(a) for a in alpha]
+        if len(alphas) != n_attributes:
+            raise ValueError(f"alpha has {len(alphas)} values for {n_attributes} attributes")
+        if not all(a >= 0 and not np.isnan(a) for a in alphas):
+            raise ValueError(f"alpha must be >= 0 (inf: the intercept-only model), got {alpha}")
+        return alphas
 
     def get_config(self) -> dict[str, Any]:
         """JSON-able constructor arguments (levels as a list, fitted alphas when fitted)."""
@@ -303,36 +302,37 @@ class QuantileHeads:
         are absent rows. Wide convenience: ``y [n_items, M]`` with NaN = missing.
         ``sample_weight``: ``[L]`` (long) or ``[n_items]`` / ``[n_items, M]`` (wide).
         """
-        return self._fit(X, y, attribute, index, n_attributes, sample_weight, self.alpha)
+        return self._fit(self._prepare(X, y, attribute, index, n_attributes, sample_weight), self.alpha)
 
-    def _prepare(self, X: Any, y: Any, attribute: Any, index: Any, n_attributes: int | None, sample_weight: Any,
-                 alpha: Any) -> dict[str, Any]:
+    def _prepare(self, X: Any, y: Any, attribute: Any, index: Any, n_attributes: int | None,
+                 sample_weight: Any) -> dict[str, Any]:
         """Validated inputs, the standardised features and one :class:`_Problem` per attribute."""
         Xt = _check_X(X)
         t, w = _long_targets(Xt.shape[0], y, attribute, index, n_attributes, sample_weight)
         M, d = t.n_attributes, Xt.shape[1]
         if M == 0:
             raise ValueError("no attributes to fit")
-        levels, alphas, tol, max_iter = self._validate(M, alpha)
+        levels, tol, max_iter = self._validate()
         X64 = Xt.to(dtype=torch.float64)
         zeros, ones = torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)
         mean, scale = standardizer(X64) if self.standardize else (zeros, ones)
         Z = (X64 - mean) / scale
-        problems = []
+        rows, problems = [], []
         for m in range(M):
             sel = torch.nonzero((t.attribute == m) & (w > 0)).squeeze(1)
             if len(sel) == 0:
                 raise ValueError(f"attribute {m} has no targets with positive weight")
+            rows.append(sel)
             problems.append(_Problem(Z, t.index[sel], t.y[sel], w[sel]))
         dev = torch.device(self.device) if self.device is not None else Xt.device
-        return {"X64": X64, "t": t, "w": w, "M": M, "d": d, "levels": levels, "alphas": alphas, "tol": tol,
-                "max_iter": max_iter, "mean": mean, "scale": scale, "problems": problems, "dev": dev}
+        return {"X64": X64, "Z": Z, "t": t, "w": w, "M": M, "d": d, "levels": levels, "tol": tol, "max_iter": max_iter,
+                "mean": mean, "scale": scale, "rows": rows, "problems": problems, "dev": dev}
 
-    def _fit(self, X: Any, y: Any, attribute: Any, index: Any, n_attributes: int | None, sample_weight: Any,
-             alpha: Any) -> "QuantileHeads":
-        p = self._prepare(X, y, attribute, index, n_attributes, sample_weight, alpha)
-        M, d, levels, alphas, tol, max_iter = p["M"], p["d"], p["levels"], p["alphas"], p["tol"], p["max_iter"]
+    def _fit(self, p: dict[str, Any], alpha: Any) -> "QuantileHeads":
+        """Fit every attribute at its alpha on the prepared inputs ``p`` (:meth:`_prepare`)."""
+        M, d, levels, tol, max_iter = p["M"], p["d"], p["levels"], p["tol"], p["max_iter"]
         mean, scale, problems, dev, X64, t, w = p["mean"], p["scale"], p["problems"], p["dev"], p["X64"], p["t"], p["w"]
+        alphas = self._alphas(alpha, M)
         K = len(levels)
         self.coef_ = torch.zeros(M, K, d, dtype=torch.float64)
         self.intercept_ = torch.zeros(M, K, dtype=torch.float64)
@@ -340,9 +340,21 @@ class QuantileHeads:
         self.duality_gap_ = torch.zeros(M, K, dtype=torch.float64)
         self.n_iter_ = torch.zeros(M, dtype=torch.int64)
         t0 = time.perf_counter()
+        results: dict[int, dict[str, Any]] = {}
+        if self.solver == "admm":  # first-order solves batch attributes (padded to the largest) on a GPU
+            cdt = self.dtype or torch.float32
+            batch = [m for m in range(M) if not _is_marginal(problems[m], levels, alphas[m], self.fit_intercept)]
+            B = self.attribute_batch or _default_batch(dev, cdt, d, [len(p["rows"][m]) for m in batch])
+            for start in range(0, len(batch), B):
+                ms = batch[start:start + B]
+                out = admm_fit(p["Z"], t.index, t.y, w, [p["rows"][m] for m in ms], levels, [alphas[m] for m in ms],
+                               self.fit_intercept, tol, max_iter, self.check_every, self.pseudo_scale, dev, cdt, self.verbose)
+                for j, m in enumerate(ms):
+                    results[m] = {"beta": out["coef"][j].cpu(), "b": out["intercept"][j].cpu(), "n_iter": int(out["n_iter"]),
+                                  "objective": out["objective"][j].cpu(), "gap": out["gap"][j].cpu()}
         for m, prob in enumerate(problems):
-            out = _solve(prob, levels, alphas[m], self.solver, self.fit_intercept, tol, max_iter, dev, self.verbose,
-                         self.check_every, self.pseudo_scale, self.dtype)
+            out = results.get(m) or _solve(prob, levels, alphas[m], self.solver, self.fit_intercept, tol, max_iter, dev,
+                                           self.verbose, self.check_every, self.pseudo_scale, self.dtype)
             beta = out["beta"].double()  # [K, d] on standardised features
             self.coef_[m] = beta / scale
             self.intercept_[m] = out["b"].double() - self.coef_[m] @ mean
@@ -375,6 +387,24 @@ class QuantileHeads:
         """[M, K] non-zero coefficients per head."""
         self._check_fitted()
         return (self.coef_ != 0).sum(-1)
+
+    def report(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Per attribute: alpha (None = the marginal model), non-zero coefficients (median and
+        max over levels), certified duality gap; the held-out columns (``heldout_pinball``,
+        ``marginal_pinball``, ``improvement``, ``informative``) are None here and filled by
+        :class:`QuantileHeadsCV`."""
+        self._check_fitted()
+        names = list(names) if names is not None else [str(m) for m in range(self.coef_.shape[0])]
+        nnz = self.n_nonzero()
+        return [{
+            "attribute": name,
+            "alpha": None if float(self.alpha_[m]) == float("inf") else float(self.alpha_[m]),
+            "heldout_pinball": None, "marginal_pinball": None, "improvement": None,
+            "nonzero_median": float(nnz[m].double().median()),
+            "nonzero_max": int(nnz[m].max()),
+            "duality_gap": float(self.duality_gap_[m].max()),
+            "informative": None,
+        } for m, name in enumerate(names)]
 
     # ------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:
@@ -605,7 +635,7 @@ class QuantileHeadsCV(QuantileHeads):
         keeps equal groups in one fold (default: every item its own group)."""
         from tqdm.auto import tqdm
 
-        p = self._prepare(X, y, attribute, index, n_attributes, sample_weight, 0.0)
+        p = self._prepare(X, y, attribute, index, n_attributes, sample_weight)
         M, levels, tol, max_iter, dev, problems = p["M"], p["levels"], p["tol"], p["max_iter"], p["dev"], p["problems"]
         n_rows = p["X64"].shape[0]
         cv_tau = levels if self.cv_levels is None else _check_levels(self.cv_levels)
@@ -635,19 +665,17 @@ class QuantileHeadsCV(QuantileHeads):
             losses.append(fl)
             weights.append(fw)
         bar.close()
-        P = max(len(p) for p in paths)
+        P = max(len(path) for path in paths)
         fold_loss = torch.full((M, P, F), float("nan"), dtype=torch.float64)
-        fold_w = torch.zeros(M, F, dtype=torch.float64)
+        cv_loss = torch.full((M, P), float("inf"), dtype=torch.float64)  # inf: past an attribute's path, or no fold
         for m in range(M):
             fold_loss[m, : losses[m].shape[0], : losses[m].shape[1]] = losses[m]
-            fold_w[m, : len(weights[m])] = weights[m]
-        share = fold_w / fold_w.sum(1, keepdim=True).clamp_min(1e-300)  # folds weighted by held-out weight
-        cv_loss = torch.nansum(fold_loss * share[:, None, :], -1)
-        cv_loss = torch.where(torch.isnan(fold_loss).all(-1), torch.full_like(cv_loss, float("inf")), cv_loss)
+            pooled = _pooled(losses[m], weights[m])
+            cv_loss[m, : len(pooled)] = torch.where(torch.isnan(losses[m]).all(-1), float("inf"), pooled)
         best = cv_loss.argmin(1)
         chosen = [paths[m][int(best[m])] for m in range(M)]
-        # refit every attribute at its chosen alpha on all of its data
-        self._fit(X, y, attribute, index, n_attributes, sample_weight, chosen)
+        # refit every attribute at its chosen alpha on all of its data (the same prepared inputs)
+        self._fit(p, chosen)
         self.cv_alphas_ = torch.full((M, P), float("nan"), dtype=torch.float64)
         for m, path in enumerate(paths):
             self.cv_alphas_[m, : len(path)] = torch.tensor(path, dtype=torch.float64)
@@ -662,25 +690,10 @@ class QuantileHeadsCV(QuantileHeads):
         return self
 
     def report(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Per attribute: chosen alpha (None = the marginal model), held-out pinball of the
-        chosen model and of the marginal one, relative improvement, non-zero coefficients
-        (median over levels), certified duality gap of the final fit, informative?"""
-        self._check_fitted()
-        names = list(names) if names is not None else [str(m) for m in range(self.coef_.shape[0])]
-        nnz = self.n_nonzero()
-        rows = []
-        for m, name in enumerate(names):
-            a = float(self.alpha_[m])
+        """:meth:`QuantileHeads.report` with the cross-validation columns filled in."""
+        rows = super().report(names)
+        for m, row in enumerate(rows):
             marg, bestl = float(self.marginal_loss_[m]), float(self.best_loss_[m])
-            rows.append({
-                "attribute": name,
-                "alpha": None if a == float("inf") else a,
-                "heldout_pinball": bestl,
-                "marginal_pinball": marg,
-                "improvement": (marg - bestl) / marg if marg > 0 else 0.0,
-                "nonzero_median": float(nnz[m].double().median()),
-                "nonzero_max": int(nnz[m].max()),
-                "duality_gap": float(self.duality_gap_[m].max()),
-                "informative": bool(self.informative_[m]),
-            })
+            row.update(heldout_pinball=bestl, marginal_pinball=marg, improvement=(marg - bestl) / marg if marg > 0 else 0.0,
+                       informative=bool(self.informative_[m]))
         return rows
