@@ -86,7 +86,7 @@ def finetune_info(backbone: str, ev_pairs: list) -> dict[str, Any] | None:
         return None
     from distrm.config import from_dict
     from distrm.data.records import prompt_hash
-    from distrm.finetune import FinetuneConfig, load_pairs
+    from distrm.training.finetune import FinetuneConfig, load_pairs
 
     log = json.loads(log_path.read_text())
     cfg = from_dict(FinetuneConfig, log["config"], str(log_path))
@@ -101,9 +101,9 @@ def finetune_info(backbone: str, ev_pairs: list) -> dict[str, Any] | None:
 
 def rm_head_scores(targs: argparse.Namespace, backbone: str, ev_pairs: list) -> tuple[np.ndarray, np.ndarray]:
     """The fine-tuned score head on the backbone's features (from the store: already extracted)."""
-    from distrm.backbones import Backbone
+    from distrm.features.backbones import Backbone
     from distrm.features import extract
-    from distrm.finetune import load_head
+    from distrm.training.finetune import load_head
 
     base = t1._cfg(targs, backbone, "quantile", 0)
     bb = Backbone.from_pretrained(backbone, max_length=base.backbone.max_length, dtype=base.backbone.dtype)

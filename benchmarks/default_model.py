@@ -69,7 +69,7 @@ def _test_rated(cfg: TrainConfig):
     prompt-hash split and the same thin-attribute rule as ``distrm train``."""
     from distrm.data import registry
     from distrm.data.splits import split
-    from distrm.train import _cap_per_source, build_targets, drop_thin_attributes, load_training_data
+    from distrm.training.qrm import _cap_per_source, build_targets, drop_thin_attributes, load_training_data
 
     d = cfg.data
     if d.rated == ["default"]:
@@ -152,7 +152,7 @@ def pair_accuracy(model, bb, store, cfg: TrainConfig, args) -> dict[str, Any]:
     from distrm.data.splits import split_key
     from distrm.features import extract
     from distrm.heads.baselines import BTHeadCV
-    from distrm.train import load_training_data, pair_report
+    from distrm.training.qrm import load_training_data, pair_report
 
     _, tp, _ = load_training_data(cfg)
     fc = extract(bb, [p.prompt for p in tp], [p.chosen for p in tp], store=store, progress=False)
@@ -179,8 +179,8 @@ def pair_accuracy(model, bb, store, cfg: TrainConfig, args) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distrm.backbones import Backbone
-    from distrm.train import train
+    from distrm.features.backbones import Backbone
+    from distrm.training.qrm import train
 
     args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]

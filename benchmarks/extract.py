@@ -15,7 +15,7 @@ Paths compared (all bf16 on GPU, fp32 on CPU, ``torch.inference_mode``):
 * ``ours`` (CPU)     ``Backbone.embed``: length-sorted right-padded batches (the library path)
 * ``padded-eager``   length-sorted right-padded batches, eager attention (the reference)
 * ``padded-sdpa``    the same with SDPA attention
-* ``packed``         :mod:`distrm.packing`: sequences concatenated, varlen flash attention, no pad
+* ``packed``         :mod:`distrm.features.packing`: sequences concatenated, varlen flash attention, no pad
 * ``packed+fused``   packed, plus ``fuse_pointwise`` (compiled RMSNorm / MLP / rotary)
 * ``packed+fused+proj`` also ``fuse_projections`` (one QKV GEMM, one gate-up GEMM per layer)
 
@@ -109,7 +109,7 @@ def pack_batches(seqs, max_tokens: int) -> list[list[int]]:
 
 @torch.inference_mode()
 def run_packed(model, seqs, dev, max_tokens: int) -> None:
-    from distrm.packing import packed_last_hidden
+    from distrm.features.packing import packed_last_hidden
 
     for b in pack_batches(seqs, max_tokens):
         h, cu = packed_last_hidden(model, [seqs[i] for i in b], dev)
@@ -120,7 +120,7 @@ def run_packed(model, seqs, dev, max_tokens: int) -> None:
 def bench_random(args) -> list[dict]:
     from transformers import AutoModel, LlamaConfig
 
-    from distrm import packing
+    from distrm.features import packing
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -258,7 +258,7 @@ def matmul_peak(dtype: torch.dtype, shapes=((4096, 576, 1536), (4096, 1536, 576)
 def bench_real(args) -> list[dict]:
     """Naive: plain HF fp32 (the default a user gets), batch 1, on every K-th example (same
     length mix as the whole set). Ours: ``Backbone.embed`` in each of ``--dtypes``, all examples."""
-    from distrm.backbones import Backbone, parse_dtype
+    from distrm.features.backbones import Backbone, parse_dtype
 
     torch.set_num_threads(args.threads) if args.threads else None
     prompts, responses = load_texts(args.n, args.data_dir)

@@ -183,12 +183,12 @@ def recovery(args) -> dict:
 
 def real(args) -> dict:
     """The default config's real attribute problems (see the module docstring)."""
-    from distrm.backbones import Backbone
+    from distrm.features.backbones import Backbone
     from distrm.config import load_config, TrainConfig
     from distrm.features import extract
     from distrm.heads.quantile import _Problem, _solve, standardizer
     from distrm.cli.train import default_config_path
-    from distrm.train import build_targets, drop_thin_attributes, load_training_data
+    from distrm.training.qrm import build_targets, drop_thin_attributes, load_training_data
 
     cfg = load_config(TrainConfig, args.real_config or default_config_path(), args.real_set)
     rated, _, _ = load_training_data(cfg)

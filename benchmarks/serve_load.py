@@ -55,11 +55,11 @@ def build_model(path: Path, dtype: str = "float32") -> Path:
     """Seeded random heads on the real MiniLM backbone (same recipe as the tests), in ``dtype``."""
     import torch
 
-    from distrm.backbones import Backbone
+    from distrm.features.backbones import Backbone
     from distrm.distribution import default_levels
     from distrm.features import extract
-    from distrm.gate import GatingNetwork
-    from distrm.model import DistributionalRewardModel, ModelConfig
+    from distrm.heads.gate import GatingNetwork
+    from distrm.models.qrm import DistributionalRewardModel, ModelConfig
 
     bb = Backbone.from_pretrained("minilm", dtype=dtype)
     d = int(torch.as_tensor(extract(bb, ["p"], ["r"], batch_size=1, progress=False).reward).shape[-1])
@@ -89,7 +89,7 @@ def serve_main(argv: list[str]) -> None:
 
 
 def _backbone_module() -> str:
-    mod = sys.modules.get("distrm.backbones")
+    mod = sys.modules.get("distrm.features.backbones")
     if mod is None:
         return "not imported here (--model given)"
     return getattr(mod, "__file__", None) or "stand-in module without a file"
@@ -239,7 +239,7 @@ def main() -> int:
         "backbone_dtype": args.dtype,
         "endpoint": "/get_reward",
         "model": str(args.model) if args.model else "seeded random heads (3x19) on minilm",
-        # which distrm.backbones produced the features (a file path, or a stand-in without one)
+        # which distrm.features.backbones produced the features (a file path, or a stand-in without one)
         "backbone_module": _backbone_module(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_avg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None},

@@ -14,7 +14,7 @@ What varies with the seed (and what does not, so a std of 0 is expected there):
   the same for every seed.
 * ensemble: 10 BT heads, Adam from seeded random initialisations.
 
-Both QRM and ridge models come from the same ``distrm.train.train`` as ``distrm train``
+Both QRM and ridge models come from the same ``distrm.training.qrm.train`` as ``distrm train``
 (default embedded config; only backbone, head kind, seed and caps changed). Features come
 from the feature store, so a rerun (or another seed) costs no backbone time.
 
@@ -131,11 +131,11 @@ def cal_summary(groups: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log: dict[str, Any]) -> dict[str, dict[int, Any]]:
-    from distrm.backbones import Backbone
+    from distrm.features.backbones import Backbone
     from distrm.features import extract
     from distrm.data.splits import split_key
     from distrm.heads.baselines import BTHeadCV
-    from distrm.train import load_training_data, train
+    from distrm.training.qrm import load_training_data, train
 
     timings: dict[str, float] = {}
     base = _cfg(args, backbone, "quantile", seeds[0])
@@ -212,9 +212,9 @@ def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log:
     timings["bt_fit_s"] = time.perf_counter() - t0
     for s in seeds:  # deterministic: the same numbers for every seed (reported as such)
         res["BT head"][s] = {"pairs": pair_summary(ev_pairs, ev_sets, bt.predict(Ec).numpy(), bt.predict(Er).numpy())}
-    # the ensemble through the library's recipe (distrm.ensemble.train_ensemble = `distrm train`
+    # the ensemble through the library's recipe (distrm.models.bt_ensemble.train_ensemble = `distrm train`
     # with model: ensemble): 10 BT heads, one pass, seeded inits; features from the store
-    from distrm.ensemble import train_ensemble
+    from distrm.training.bt_ensemble import train_ensemble
 
     for s in seeds:
         t0 = time.perf_counter()
@@ -235,7 +235,7 @@ def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log:
 
 
 def _train_targets(cfg: TrainConfig):
-    from distrm.train import build_targets, load_training_data
+    from distrm.training.qrm import build_targets, load_training_data
 
     rated, _, _ = load_training_data(cfg)
     return build_targets(rated)

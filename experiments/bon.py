@@ -2,8 +2,8 @@
 
 For each prompt, 11 tulu-2-dpo-13b candidates carry GPT-4-turbo verdicts against GPT-3.5.
 A distrm reward model (default: the ``uf_ensemble`` of ``experiments/rl_common.py``, 10 BT
-heads on MiniLM features trained with ``distrm.ensemble.train_ensemble`` on UltraFeedback +
-Orca pairs, saved and loaded through ``distrm.hub``; or any saved model dir via ``--model``)
+heads on MiniLM features trained with ``distrm.models.bt_ensemble.train_ensemble`` on UltraFeedback +
+Orca pairs, saved and loaded through ``distrm.models.auto``; or any saved model dir via ``--model``)
 scores every candidate as a distribution; one candidate per prompt is picked by the mean or
 by a risk measure. Reported per rule: the judge's win rate of the pick and the rate of
 picking a judged loser, with 95% percentile-bootstrap CIs over prompts, and the paired
@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from distrm.features import extract  # noqa: E402
-from distrm.hub import load_reward_model  # noqa: E402
+from distrm.models.auto import load_reward_model  # noqa: E402
 from distrm.rl.bon import bon_with_cis, candidate_inputs, load_rewardbench_bon  # noqa: E402
 from distrm.rl.prompts import default_data_dir  # noqa: E402
 from experiments.rl_common import STORE, build_uf, describe  # noqa: E402

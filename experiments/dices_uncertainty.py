@@ -8,7 +8,7 @@ target (``distrm.data`` loader, scores in [0, 1]). Per dataset:
 
 1. split items by prompt hash (``distrm.data.splits.split``, 20% held out: the same held-out
    items as ``distrm eval calibration`` and ``benchmarks/table1.py``);
-2. MiniLM features through ``distrm.backbones`` and the on-disk feature store (frozen; the
+2. MiniLM features through ``distrm.features.backbones`` and the on-disk feature store (frozen; the
    same store and backbone identity as table1, so its DICES features are reused);
 3. ``BootstrapQuantileHeads``: B QuantileHeads fits (19 levels, L1 alpha as QRM, the
    embedded train config's solver tolerance) on bootstrap resamples of the training
@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from distrm.eval.metrics import spearman  # noqa: E402
 from distrm.heads.ensemble import BootstrapQuantileHeads  # noqa: E402
-from distrm.train import build_targets  # noqa: E402
+from distrm.training.qrm import build_targets  # noqa: E402
 
 
 def entropy(scores: list[float]) -> float:
@@ -79,7 +79,7 @@ def main() -> int:
     ap.add_argument("--max-iter", type=int, default=1000, help="quantile-head solver iterations (the embedded train config's)")
     args = ap.parse_args()
 
-    from distrm.backbones import Backbone
+    from distrm.features.backbones import Backbone
     from distrm.data import registry
     from distrm.data.splits import split
     from distrm.features import extract
@@ -92,14 +92,14 @@ def main() -> int:
     load_rated = registry.load_rated
     # the same backbone settings (identity) as benchmarks/table1.py: its DICES features are reused
     bb = Backbone.from_pretrained(args.backbone, max_length=512, dtype=args.dtype)
-    pipeline = "distrm.data.registry + distrm.data.splits; distrm.backbones + distrm.features store; distrm.heads.ensemble.BootstrapQuantileHeads"
+    pipeline = "distrm.data.registry + distrm.data.splits; distrm.features.backbones + distrm.features store; distrm.heads.ensemble.BootstrapQuantileHeads"
     result: dict = {
         "pipeline": pipeline,
         "backbone": args.backbone,
         "backbone_identity": getattr(bb, "identity", None),
         "n_boot": args.n_boot,
         "solver": {"tol": args.tol, "max_iter": args.max_iter},
-        "targets": "distinct rater scores per item weighted by their rater counts (distrm.train.build_targets)",
+        "targets": "distinct rater scores per item weighted by their rater counts (distrm.training.qrm.build_targets)",
         "alpha": args.alpha,
         "test_fraction": args.test_fraction,
         "datasets": {},

@@ -3,11 +3,11 @@
     PYTHONPATH=src python experiments/ensemble_real.py [--out experiments/results/ensemble_real.json]
 
 Same data, caps, backbone and feature store as ``benchmarks/table1.py`` (so no feature is
-computed twice): training pairs = ``distrm.train.load_training_data`` of the ensemble
+computed twice): training pairs = ``distrm.training.qrm.load_training_data`` of the ensemble
 config (``src/distrm/configs/ensemble-minilm.yaml``) with ``data.max_rows_per_source``
 capped as table1; evaluation = every shared preference set through
 ``distrm.eval.pairs`` (held-out split for sets used in training, LLMBar / Auto-J whole,
-the same seeded per-set sample as table1). Features: ``distrm.backbones`` +
+the same seeded per-set sample as table1). Features: ``distrm.features.backbones`` +
 ``distrm.features.extract`` on the on-disk store. Heads: ``distrm.heads.ensemble``.
 
 Variants (each 10 linear BT heads, one pass, summed loss, hyperparameters from the config):
@@ -34,14 +34,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from distrm.backbones import Backbone  # noqa: E402
-from distrm.disagreement import ensemble_disagreement  # noqa: E402
-from distrm.ensemble import EnsembleRewardModel, evaluate_pairs, member_diversity  # noqa: E402
+from distrm.features.backbones import Backbone  # noqa: E402
+from distrm.eval.disagreement import ensemble_disagreement  # noqa: E402
+from distrm.eval.disagreement import member_diversity  # noqa: E402
+from distrm.eval.pairs import evaluate_pairs  # noqa: E402
+from distrm.models.bt_ensemble import EnsembleRewardModel  # noqa: E402
 from distrm.eval import pairs as pe  # noqa: E402
 from distrm.features import extract  # noqa: E402
 from distrm.heads.baselines import BTHead  # noqa: E402
 from distrm.heads.ensemble import BTEnsembleHeads  # noqa: E402
-from distrm.train import load_training_data  # noqa: E402
+from distrm.training.qrm import load_training_data  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import table1  # noqa: E402
@@ -99,7 +101,7 @@ def main() -> int:
 
     out_path = Path(args.out)
     result: dict = {
-        "pipeline": "distrm.train.load_training_data + distrm.eval.pairs sets; distrm.backbones + distrm.features store; distrm.heads.ensemble",
+        "pipeline": "distrm.training.qrm.load_training_data + distrm.eval.pairs sets; distrm.features.backbones + distrm.features store; distrm.heads.ensemble",
         "backbone": args.backbone,
         "backbone_identity": getattr(bb, "identity", None),
         "data": {

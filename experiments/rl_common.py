@@ -1,11 +1,11 @@
 """Reward models and judges for the RL and best-of-N experiments, built with the distrm library.
 
-Every model here is a distrm :class:`~distrm.ensemble.EnsembleRewardModel`: frozen
-:class:`~distrm.backbones.Backbone` features from the feature store
+Every model here is a distrm :class:`~distrm.models.bt_ensemble.EnsembleRewardModel`: frozen
+:class:`~distrm.features.backbones.Backbone` features from the feature store
 (:func:`distrm.features.extract`), N linear Bradley-Terry heads
 (:class:`~distrm.heads.ensemble.BTEnsembleHeads`, trained by
-:func:`distrm.ensemble.train_ensemble` where the data are preference pairs), saved with
-``save_pretrained`` and loaded back through :func:`distrm.hub.load_reward_model`: what the
+:func:`distrm.models.bt_ensemble.train_ensemble` where the data are preference pairs), saved with
+``save_pretrained`` and loaded back through :func:`distrm.models.auto.load_reward_model`: what the
 experiments score with is exactly what a user would load from disk.
 
 * ``hh_ensemble``   -- training reward, HH-RLHF / PKU / BeaverTails setting: 10 BT heads
@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from distrm.config import BackboneConfig, DataConfig, EnsembleConfig, TrainConfig  # noqa: E402
-from distrm.hub import load_reward_model  # noqa: E402
+from distrm.models.auto import load_reward_model  # noqa: E402
 
 CACHE = Path(os.environ.get("DISTRM_RL_MODELS", ROOT / ".cache" / "distrm" / "rl-models"))
 STORE = str(ROOT / ".cache" / "distrm" / "features")  # the shared feature store
@@ -59,7 +59,7 @@ def _ready(path: Path) -> bool:
 
 def heldout_accuracy(model: Any, pairs: list, batch_size: int = 32) -> dict[str, Any]:
     """Pair accuracy of a loaded model on held-out pairs (features through the store)."""
-    from distrm.ensemble import evaluate_pairs
+    from distrm.eval.pairs import evaluate_pairs
     from distrm.features import extract
 
     bb = model.backbone
@@ -75,11 +75,11 @@ def build_pairs_ensemble(
     name: str, pairs: list[str], backbone: dict[str, Any], n_members: int = 10, max_rows: int | None = None,
     test_fraction: float = 0.2, **ens: Any,
 ) -> Path:
-    """``distrm.ensemble.train_ensemble`` on registry pair sets (train side), then held-out
+    """``distrm.models.bt_ensemble.train_ensemble`` on registry pair sets (train side), then held-out
     pair accuracy on the test side of the same prompt-hash split. Returns the saved dir."""
     from distrm.data import registry
     from distrm.data.splits import split
-    from distrm.ensemble import train_ensemble
+    from distrm.training.bt_ensemble import train_ensemble
 
     out = CACHE / name
     if _ready(out):
@@ -126,8 +126,8 @@ def build_imdb(n_members: int = 10, prefix_words: int = 8) -> Path:
     train rows, each review split like an RL prompt: (first words, continuation)."""
     import csv
 
-    from distrm.backbones import Backbone
-    from distrm.ensemble import EnsembleRewardModel
+    from distrm.features.backbones import Backbone
+    from distrm.models.bt_ensemble import EnsembleRewardModel
     from distrm.features import extract
     from distrm.heads.ensemble import BTEnsembleHeads
     from distrm.rl.prompts import default_data_dir

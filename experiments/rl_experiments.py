@@ -120,7 +120,7 @@ def paired_response_bootstrap(out: dict, base: str, other: str, n_boot: int = 10
 
 def risk_experiment(a: argparse.Namespace) -> None:
     from experiments.rl_common import build_hh, build_safety_judge, describe
-    from distrm.hub import load_reward_model
+    from distrm.models.auto import load_reward_model
 
     reward_dir, judge_dir = build_hh(), build_safety_judge()
     reward = load_reward_model(reward_dir)
@@ -193,7 +193,7 @@ def plot_risk(out: dict, path: Path) -> None:
 
 def varkl_experiment(a: argparse.Namespace) -> None:
     from experiments.rl_common import build_imdb, describe
-    from distrm.hub import load_reward_model
+    from distrm.models.auto import load_reward_model
 
     reward_dir = build_imdb()
     reward = load_reward_model(reward_dir)

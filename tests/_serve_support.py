@@ -18,8 +18,8 @@ import torch
 import uvicorn
 
 from distrm.distribution import default_levels
-from distrm.gate import GatingNetwork
-from distrm.model import DistributionalRewardModel, ModelConfig
+from distrm.heads.gate import GatingNetwork
+from distrm.models.qrm import DistributionalRewardModel, ModelConfig
 from distrm.serve.app import ServeConfig, create_app
 
 ATTRIBUTES = ["helpfulness", "correctness", "verbosity"]
@@ -28,7 +28,7 @@ ATTRIBUTES = ["helpfulness", "correctness", "verbosity"]
 def build_model_dir(path: Path) -> Path:
     """Save a quantile model (3 attributes x 19 levels, learned gate, length debiasing)
     on the MiniLM backbone with seeded random weights."""
-    from distrm.backbones import Backbone
+    from distrm.features.backbones import Backbone
     from distrm.features import extract
 
     backbone = Backbone.from_pretrained("minilm")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from distrm.backbones import Backbone, length_batches, parse_dtype, resolve_model_dir
+from distrm.features.backbones import Backbone, length_batches, parse_dtype, resolve_model_dir
 from distrm.features import extract
 
 PROMPTS = [

@@ -54,13 +54,13 @@ def test_bad_values_fail_before_any_work(override, needle, capsys, monkeypatch):
     """A wrong type or an unknown choice is one line naming the key, before any data or backbone."""
     import time
 
-    import distrm.backbones
+    import distrm.features.backbones
     from distrm.cli import main
 
     def boom(*a, **k):  # pragma: no cover - reaching it is the failure
         raise AssertionError("backbone loaded before the config was validated")
 
-    monkeypatch.setattr(distrm.backbones.Backbone, "from_pretrained", boom)
+    monkeypatch.setattr(distrm.features.backbones.Backbone, "from_pretrained", boom)
     t0 = time.perf_counter()
     assert main(["train", "--set", override]) == 2
     assert time.perf_counter() - t0 < 5

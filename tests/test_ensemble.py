@@ -4,19 +4,21 @@ import json
 
 import numpy as np
 import pytest
+from conftest import reseal
 import torch
 from scipy.optimize import minimize
 from scipy.stats import spearmanr
 
 from distrm.config import TrainConfig, load_config
 from distrm.data.records import PreferencePair
-from distrm.disagreement import ensemble_disagreement
+from distrm.eval.disagreement import ensemble_disagreement
 from distrm.distribution import RewardDistribution
-from distrm.ensemble import EnsembleModelConfig, EnsembleRewardModel, EnsembleScoreOutput, evaluate_pairs
+from distrm.eval.pairs import evaluate_pairs
+from distrm.models.bt_ensemble import EnsembleModelConfig, EnsembleRewardModel
 from distrm.heads.ensemble import BootstrapQuantileHeads, BTEnsembleHeads
 from distrm.heads.targets import as_long_targets
-from distrm.hub import load_reward_model
-from distrm.model import ScoreOutput
+from distrm.models.auto import load_reward_model
+from distrm.models.base import ScoreOutput
 
 D = 8
 
@@ -115,7 +117,7 @@ def test_score_features_is_a_member_distribution():
     m = make_model()
     X = torch.randn(7, D)
     out = m.score_features(X)
-    assert isinstance(out, ScoreOutput) and isinstance(out, EnsembleScoreOutput)
+    assert isinstance(out, ScoreOutput)
     members = X.double() @ m.coef.T + m.intercept
     assert torch.allclose(out.members, members)
     assert torch.allclose(out.mean, members.mean(1))
@@ -140,7 +142,7 @@ def test_save_load_bit_identical_and_dispatch(tmp_path):
     assert torch.equal(m.score_features(X).members, m3.score_features(X).members)
     assert m2.config == m.config
     # the QRM directory layout dispatches to DistributionalRewardModel
-    from distrm.model import DistributionalRewardModel, ModelConfig
+    from distrm.models.qrm import DistributionalRewardModel, ModelConfig
 
     qcfg = ModelConfig(backbone="none", feature_dim=D, attributes=["a"], head="ridge", gate="fixed", fixed_weights=[1.0])
     DistributionalRewardModel(qcfg, torch.randn(1, 1, D), torch.randn(1, 1)).save_pretrained(tmp_path / "qrm")
@@ -153,16 +155,16 @@ def test_load_errors_are_clear(tmp_path):
     m.save_pretrained(p)
     cfg = json.loads((p / "config.json").read_text())
     cfg["n_members"] = 6
-    (p / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"do not match config.json \(6 members x 8 features\)"):
+    reseal(p, cfg)
+    with pytest.raises(ValueError, match=r"'heads.coef' has shape \(5, 8\), config.json implies \(6, 8\)"):
         EnsembleRewardModel.from_pretrained(p)
     cfg["n_members"], cfg["colour"] = 5, "red"
-    (p / "config.json").write_text(json.dumps(cfg))
+    reseal(p, cfg)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\]"):
         EnsembleRewardModel.from_pretrained(p)
     cfg["model_type"] = "mystery"
     del cfg["colour"]
-    (p / "config.json").write_text(json.dumps(cfg))
+    reseal(p, cfg)
     with pytest.raises(ValueError, match="unknown model_type 'mystery'"):
         load_reward_model(p)
     (p / "model.safetensors").unlink()
@@ -358,9 +360,9 @@ def test_train_ensemble_wiring(tmp_path, monkeypatch):
     import sys
     import types
 
-    import distrm.train
+    import distrm.training.qrm
     from distrm.cli import train as cli_train
-    from distrm.ensemble import train_ensemble
+    from distrm.training.bt_ensemble import train_ensemble
 
     Xc, Xr, _ = bt_data(400, 5)
     pairs = [PreferencePair(f"p{i}", f"c{i}", f"r{i}", source="syn", id=str(i)) for i in range(400)]
@@ -376,9 +378,9 @@ def test_train_ensemble_wiring(tmp_path, monkeypatch):
     def extract(backbone, prompts, responses, **kw):
         return types.SimpleNamespace(reward=torch.stack([table[r] for r in responses]).numpy(), prompt=None)
 
-    monkeypatch.setitem(sys.modules, "distrm.backbones", types.SimpleNamespace(Backbone=FakeBackbone))
+    monkeypatch.setitem(sys.modules, "distrm.features.backbones", types.SimpleNamespace(Backbone=FakeBackbone, ALIASES={}, resolve_model_dir=str))
     monkeypatch.setitem(sys.modules, "distrm.features", types.SimpleNamespace(extract=extract))
-    monkeypatch.setattr(distrm.train, "load_training_data", lambda cfg: ([], pairs, {}))
+    monkeypatch.setattr(distrm.training.qrm, "load_training_data", lambda cfg: ([], pairs, {}))
     out = tmp_path / "run"
     cfg = load_config(TrainConfig, cli_train.default_config_path(), [
         "model=ensemble", f"output_dir={out}", "ensemble.n_members=3", "ensemble.epochs=40", "ensemble.lr=0.05", "progress=false",

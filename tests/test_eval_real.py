@@ -42,12 +42,12 @@ def test_length_row_on_llmbar_matches_raw_count():
 
 
 def test_tiny_qrm_pairs_and_calibration(tmp_path):
-    _need("distrm.data.registry", "distrm.data.splits", "distrm.backbones", "distrm.features", "distrm.heads.quantile")
+    _need("distrm.data.registry", "distrm.data.splits", "distrm.features.backbones", "distrm.features", "distrm.heads.quantile")
     from distrm.cli.train import default_config_path
     from distrm.config import TrainConfig, load_config
     from distrm.eval.calibration import run_calibration
     from distrm.eval.pairs import run_pairs
-    from distrm.train import train
+    from distrm.training.qrm import train
 
     out = tmp_path / "qrm"
     cfg = load_config(TrainConfig, default_config_path(), [f"output_dir={out}", "data.max_rows_per_source=60", "gate.epochs=3",

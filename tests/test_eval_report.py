@@ -16,8 +16,8 @@ from distrm.eval import common
 from distrm.eval.calibration import MultiRaterItems, grouped_metrics, select_attribute
 from distrm.eval.pairs import run_pairs
 from distrm.eval.report import bin_probabilities, build_report, find_chromium, screenshot
-from distrm.gate import GatingNetwork
-from distrm.model import DistributionalRewardModel, ModelConfig
+from distrm.heads.gate import GatingNetwork
+from distrm.models.qrm import DistributionalRewardModel, ModelConfig
 
 D = 8
 
@@ -122,7 +122,7 @@ def test_ensemble_variance_per_section_in_pairs_json_and_report(tmp_path, monkey
     hand computation, and their histograms in the report."""
     from types import SimpleNamespace
 
-    from distrm.ensemble import EnsembleRewardModel
+    from distrm.models.bt_ensemble import EnsembleRewardModel
 
     monkeypatch.setattr(common, "features", fake_features)
     W = torch.as_tensor(np.random.default_rng(1).normal(size=(5, D)))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distrm.backbones import Backbone
+from distrm.features.backbones import Backbone
 from distrm.data import registry
 from distrm.features import FeatureStore, extract
 

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from distrm.backbones import Backbone, resolve_model_dir
+from distrm.features.backbones import Backbone, resolve_model_dir
 from distrm.cli import main
 from distrm.config import load_config
-from distrm.finetune import HEAD_NAME, LOG_NAME, FinetuneConfig, body_of, load_head, load_seqcls, score_ids, validate
+from distrm.training.finetune import HEAD_NAME, LOG_NAME, FinetuneConfig, body_of, load_head, load_seqcls, score_ids, validate
 
 PROMPTS = ["How do I boil an egg?", [{"role": "user", "content": "Say hi."}]]
 RESPONSES = ["Put it in boiling water for 8 minutes.", "Hi!"]
@@ -55,7 +55,7 @@ def test_saved_backbone_reloads_and_changes_features(tuned):
     a, b = raw.embed(PROMPTS, RESPONSES), new.embed(PROMPTS, RESPONSES)
     assert float(abs(a.reward - b.reward).max()) > 1e-3
     # the served reward model (one-member ensemble on the saved backbone) = head @ backbone features
-    from distrm.hub import load_reward_model
+    from distrm.models.auto import load_reward_model
 
     rm = load_reward_model(tuned / "reward_model")
     s = rm.score(PROMPTS, RESPONSES).mean
@@ -88,7 +88,7 @@ def test_lora_merge_equivalence():
 
 def test_training_pairs_come_from_the_train_split_only():
     from distrm.data.splits import is_test
-    from distrm.finetune import load_pairs
+    from distrm.training.finetune import load_pairs
 
     cfg = load_config(FinetuneConfig, None, ["data.max_rows_per_source=200", "holdout_fraction=0.1"])
     train, holdout, info = load_pairs(cfg)
@@ -99,7 +99,7 @@ def test_training_pairs_come_from_the_train_split_only():
 
 
 def test_score_gap_margins():
-    from distrm.finetune import load_pairs, margins
+    from distrm.training.finetune import load_pairs, margins
 
     cfg = load_config(FinetuneConfig, None, ["data.max_rows_per_source=100", "margin=score_gap", "margin_scale=2.0"])
     train, _, _ = load_pairs(cfg)

@@ -4,12 +4,14 @@ verbosity debiasing."""
 import json
 
 import pytest
+from conftest import reseal
 import torch
 
-from distrm.debias import fit_debias, length_signal
+from distrm.heads.debias import fit_debias, length_signal
 from distrm.distribution import default_levels
-from distrm.gate import GateTrainConfig, GatingNetwork, train_gate
-from distrm.model import DistributionalRewardModel, ModelConfig
+from distrm.heads.gate import GatingNetwork
+from distrm.training.gate import GateTrainConfig, train_gate
+from distrm.models.qrm import DistributionalRewardModel, ModelConfig
 
 D, M = 16, 3
 
@@ -79,17 +81,17 @@ def test_pickle_is_refused_and_mismatch_is_clear(tmp_path):
     m.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["feature_dim"] = D + 1
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="do not match the config"):
+    reseal(tmp_path, cfg)
+    with pytest.raises(ValueError, match=r"tensor 'heads.coef' has shape .*config.json implies"):
         DistributionalRewardModel.from_pretrained(tmp_path)
     cfg["feature_dim"] = D
     cfg["gate_hidden"] = 64
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    reseal(tmp_path, cfg)
     with pytest.raises(ValueError, match="gate weights do not match"):
         DistributionalRewardModel.from_pretrained(tmp_path)
     cfg["gate_hidden"] = 32
     cfg["surprise"] = 1
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    reseal(tmp_path, cfg)
     with pytest.raises(ValueError, match="unknown key"):
         DistributionalRewardModel.from_pretrained(tmp_path)
 
@@ -135,7 +137,7 @@ def test_constant_attribute_gets_no_debias_term():
     """An attribute whose heads are constant up to float rounding (all coefficients zero; the
     quantile sort leaves ~1e-16 differences) must not get a length penalty: it would turn a
     flat attribute into a pure "fewer words is better" rule."""
-    from distrm.debias import fit_debias, length_signal
+    from distrm.heads.debias import fit_debias, length_signal
 
     n = 200
     rng = torch.Generator().manual_seed(0)

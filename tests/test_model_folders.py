@@ -65,7 +65,7 @@ def test_score_cli_loads_an_ensemble_folder(minilm_backbone, tmp_path, capsys):
     import types
 
     from distrm.cli import main
-    from distrm.ensemble import EnsembleRewardModel
+    from distrm.models.bt_ensemble import EnsembleRewardModel
 
     heads = types.SimpleNamespace(coef_=torch.randn(4, minilm_backbone.hidden_size, dtype=torch.float64,
                                                     generator=torch.Generator().manual_seed(0)))

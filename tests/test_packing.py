@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModel, LlamaConfig
 
-from distrm import packing
+from distrm.features import packing
 
 
 def _model():

@@ -52,7 +52,7 @@ def _yaml(spec: str, tmp_path) -> bool:
 def served(tmp_path_factory):
     from _serve_support import build_model_dir, running_server
 
-    from distrm.model import DistributionalRewardModel
+    from distrm.models.qrm import DistributionalRewardModel
     from distrm.serve.app import ServeConfig
 
     model_dir = build_model_dir(tmp_path_factory.mktemp("risk_model"))
@@ -71,8 +71,8 @@ def _http(spec: str, url: str) -> tuple[bool, float | None]:
 
 @pytest.mark.parametrize("spec", GOOD + BAD)
 def test_every_entry_point_agrees(spec, tmp_path, capsys, monkeypatch, served):
-    import distrm.backbones
-    import distrm.model
+    import distrm.features.backbones
+    import distrm.models.qrm
 
     url, model = served
     expected = spec in GOOD
@@ -82,8 +82,8 @@ def test_every_entry_point_agrees(spec, tmp_path, capsys, monkeypatch, served):
         raise AssertionError("a model or backbone was loaded for a bad risk spec")
 
     if not expected:
-        monkeypatch.setattr(distrm.backbones.Backbone, "from_pretrained", boom)
-        monkeypatch.setattr(distrm.model.DistributionalRewardModel, "from_pretrained", boom)
+        monkeypatch.setattr(distrm.features.backbones.Backbone, "from_pretrained", boom)
+        monkeypatch.setattr(distrm.models.qrm.DistributionalRewardModel, "from_pretrained", boom)
     assert _python(spec) is expected
     assert _cli(spec, tmp_path, capsys) is expected
     assert _yaml(spec, tmp_path) is expected

@@ -331,8 +331,9 @@ def test_distrm_rl_rloo_smoke(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from distrm.config import BackboneConfig, DataConfig, EnsembleConfig, TrainConfig
-    from distrm.ensemble import EnsembleRewardModel, train_ensemble
-    from distrm.hub import load_reward_model
+    from distrm.models.bt_ensemble import EnsembleRewardModel
+    from distrm.training.bt_ensemble import train_ensemble
+    from distrm.models.auto import load_reward_model
 
     rm = tmp_path / "reward"
     train_ensemble(TrainConfig(

@@ -12,9 +12,9 @@ import httpx
 import pytest
 import torch
 
-from distrm.client import RewardClient, RewardClientError
+from distrm.serve.client import RewardClient, RewardClientError
 from distrm.distribution import RewardDistribution
-from distrm.model import DistributionalRewardModel
+from distrm.models.qrm import DistributionalRewardModel
 from distrm.serve.app import ServeConfig
 from distrm.serve.batching import DynamicBatcher, ItemFailed, Overloaded
 from distrm.serve.limits import Limits

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distrm.cli import main
-from distrm.model import DistributionalRewardModel
+from distrm.models.qrm import DistributionalRewardModel
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_train_score_reload(tmp_path, capsys):
 
 def test_thin_attributes_are_left_out_and_reported():
     from distrm.data.records import RatedResponse
-    from distrm.train import drop_thin_attributes
+    from distrm.training.qrm import drop_thin_attributes
 
     rows = [RatedResponse(f"p{i}", "r", {"big": 0.5, **({"tiny": 1.0} if i < 3 else {})}, "s", str(i)) for i in range(10)]
     rows.append(RatedResponse("only-tiny", "r", {"tiny": 0.0}, "s", "x"))

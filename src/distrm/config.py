@@ -87,7 +87,7 @@ class DebiasConfig:
 
 @dataclass
 class EnsembleConfig:
-    """``model: ensemble``: N linear Bradley-Terry heads on frozen features (distrm.ensemble)."""
+    """``model: ensemble``: N linear Bradley-Terry heads on frozen features (distrm.models.bt_ensemble)."""
 
     n_members: int = 10  # N (uncertainty-aware RLHF paper: 10)
     bootstrap: bool = False  # resample the training pairs per member

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from distrm.backbones import Backbone
+from distrm.features.backbones import Backbone
 from distrm.data import registry
 from distrm.features import extract
 

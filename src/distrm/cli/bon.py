@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distrm.hub import load_reward_model
+    from distrm.models.auto import load_reward_model
     from distrm.rl.bon import DEFAULT_RISKS, bon_with_cis, load_rewardbench_bon, plot_bon, score_candidates
     from distrm.rl.prompts import default_data_dir
     from distrm.risk import parse_risk

@@ -56,7 +56,7 @@ def _jobs(args: argparse.Namespace) -> list[tuple[str, list, list[str]]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distrm.backbones import Backbone
+    from distrm.features.backbones import Backbone
     from distrm.features import extract
 
     main_process = int(os.environ.get("RANK", "0")) == 0

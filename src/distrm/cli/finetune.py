@@ -1,5 +1,5 @@
 """``distrm finetune-backbone``: Bradley-Terry reward-model fine-tuning of a causal LM with TRL's
-RewardTrainer (LoRA by default), saved as a normal backbone directory (see distrm.finetune).
+RewardTrainer (LoRA by default), saved as a normal backbone directory (see distrm.training.finetune).
 
     distrm finetune-backbone --config src/distrm/configs/finetune-smollm2-cpu.yaml
     distrm finetune-backbone --set base_model=gemma3-270m --set max_pairs=500 --output-dir runs/rm-gemma
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from distrm.cli.train import config_from_args
-    from distrm.finetune import FinetuneConfig, finetune, validate
+    from distrm.training.finetune import FinetuneConfig, finetune, validate
 
     cfg = config_from_args(FinetuneConfig, args, default_config_path())
     validate(cfg)

@@ -62,13 +62,13 @@ def config_from_args(cls, args: argparse.Namespace, default_path: str):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from distrm.train import train
+    from distrm.training.qrm import train
 
     cfg = config_from_args(TrainConfig, args, default_config_path())
     if args.print_config:
         return 0
     if cfg.model == "ensemble":
-        from distrm.ensemble import train_ensemble
+        from distrm.training.bt_ensemble import train_ensemble
 
         train_ensemble(cfg)
         return 0
@@ -103,7 +103,7 @@ def _read_inputs(args) -> tuple[list, list[str]]:
 
 def run_score(args: argparse.Namespace) -> int:
     from distrm.risk import parse_risk
-    from distrm.hub import AutoRewardModel
+    from distrm.models.auto import AutoRewardModel
 
     for spec in args.risk:
         parse_risk(spec)  # fail before loading anything
@@ -118,16 +118,15 @@ def run_score(args: argparse.Namespace) -> int:
         return 0
     for i, r in enumerate(rows):
         print(f"=== pair {i}: mean reward {r['mean']:.4f}  " + "  ".join(f"{k} {v:.4f}" for k, v in r["risk"].items()))
-        if "members" in r:  # an ensemble: its members are the distribution
+        if len(r.get("members", ())) > 1:  # an ensemble: its members are the distribution
             print(f"  variance across {len(r['members'])} members {r['variance']:.4g}: " + " ".join(f"{m:.3f}" for m in r["members"]))
-            continue
-        lv = r["levels"]
-        q = r["quantiles"]
-        if lv:
+        if r.get("levels"):
+            lv, q = r["levels"], r["quantiles"]
             picks = [j for j, t in enumerate(lv) if round(t, 2) in (0.05, 0.25, 0.5, 0.75, 0.95)]
             print("  mixture quantiles: " + "  ".join(f"q{lv[j]:.2f}={q[j]:.3f}" for j in picks))
-        print(f"  {'attribute':<28} {'weight':>7} {'mean':>7}   q0.05 .. q0.95")
-        for name, a in r["attributes"].items():
-            qs = a["quantiles"]
-            print(f"  {name:<28} {a['weight']:7.3f} {a['mean']:7.3f}   {qs[0]:.3f} .. {qs[-1]:.3f}")
+        if r.get("attributes"):
+            print(f"  {'attribute':<28} {'weight':>7} {'mean':>7}   lowest .. highest quantile")
+            for name, a in r["attributes"].items():
+                qs = a["quantiles"]
+                print(f"  {name:<28} {a['weight']:7.3f} {a['mean']:7.3f}   {qs[0]:.3f} .. {qs[-1]:.3f}")
     return 0

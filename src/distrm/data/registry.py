@@ -247,7 +247,7 @@ def load_default_training_data(
     """(rated, pairs, reports) of the default training sets (module docstring).
 
     ``test_fraction=None`` returns every record and leaves splitting to the caller (as
-    ``distrm.train`` does with its configured fraction); a number returns the train side
+    ``distrm.training.qrm`` does with its configured fraction); a number returns the train side
     of :func:`distrm.data.splits.split` directly. Reports are keyed "<name> (<kind>)".
     """
     reports: dict[str, LoadReport] = {}

@@ -204,7 +204,7 @@ def fit_baseline(model: Any, train_config: dict[str, Any], data_dir: str | None,
     """Ridge + Gaussian on the model's own training split and backbone features."""
     from distrm.config import TrainConfig, from_dict
     from distrm.eval import common
-    from distrm.train import build_targets, load_training_data
+    from distrm.training.qrm import build_targets, load_training_data
 
     cfg = from_dict(TrainConfig, train_config or {}, "train config")
     if data_dir:
@@ -244,7 +244,7 @@ def run_calibration(
     for path, model in loaded:
         label = common.model_label(model, path)
         R, _ = common.features(model, items.prompts, items.responses, store, batch_size)
-        dist, keep = select_attribute(rated_attributes(model, R, items.responses), list(model.config.attributes), items.attributes)
+        dist, keep = select_attribute(rated_attributes(model, R, items.responses), model.attribute_names, items.attributes)
         results[label] = grouped_metrics(dist, items, keep)
         notes[label] = {"model": str(path), "attributes_missing": sorted({a for a, k in zip(items.attributes, keep) if not k})}
         log(f"{label}: scored {int(keep.sum())} rows")
@@ -255,7 +255,7 @@ def run_calibration(
         X, _ = common.features(model, items.prompts, items.responses, store, batch_size)
         rows = np.nonzero(keep)[0]
         d = b.predict(X[torch.as_tensor(rows)], [items.attributes[i] for i in rows], baseline_levels(model))
-        label = f"ridge+gaussian:{model.config.backbone}"
+        label = f"ridge+gaussian:{model.describe()['backbone']}"
         results[label] = grouped_metrics(d, items, keep)
         notes[label] = {
             "sigma": dict(zip(b.attributes_, b.sigma_.tolist())),

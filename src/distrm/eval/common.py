@@ -19,22 +19,15 @@ DEFAULT_STORE = ".cache/distrm/features"
 def load_any_model(path: str | Path) -> Any:
     """QRM, ridge baseline or ensemble: whatever ``path`` holds (the hub loader dispatches on
     the folder's ``model_type``)."""
-    from distrm.hub import load_reward_model
+    from distrm.models.auto import load_reward_model
 
     return load_reward_model(path)
 
 
 def model_label(model: Any, path: str | Path) -> str:
-    cfg = getattr(model, "config", None)
-    kind = type(model).__name__
-    head = getattr(cfg, "head", None)
-    if head == "ridge":
-        kind = "ridge+gate"
-    elif head == "quantile":
-        kind = "QRM"
-    elif "Ensemble" in kind:
-        kind = "ensemble"
-    return f"{kind}:{Path(path).name}"
+    head = getattr(getattr(model, "config", None), "head", None)
+    kind = {"qrm": "ridge+gate" if head == "ridge" else "QRM"}.get(getattr(model, "model_type", ""), getattr(model, "model_type", "model"))
+    return f"{kind}:{Path(str(path).rstrip('/')).name}"
 
 
 def train_config_of(path: str | Path) -> dict[str, Any]:

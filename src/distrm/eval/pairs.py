@@ -367,11 +367,11 @@ def variance_payload(chosen: RewardDistribution, rejected: RewardDistribution, s
 
     Ensembles (the uncertainty-aware paper's Figure 6): sample variance (ddof=1) across
     members of the chosen reward and of the chosen-minus-rejected margin
-    (:func:`distrm.disagreement.ensemble_disagreement`). Quantile models: the variance of
+    (:func:`distrm.eval.disagreement.ensemble_disagreement`). Quantile models: the variance of
     the predicted chosen-reward distribution (``var_margin`` is None: the model has no
     joint distribution of the two rewards; a one-member point estimate has variance 0)."""
     if chosen.kind == "ensemble" and chosen.values.shape[-1] >= 2:
-        from distrm.disagreement import ensemble_disagreement
+        from distrm.eval.disagreement import ensemble_disagreement
 
         C, R = chosen.values.double().cpu().numpy(), rejected.values.double().cpu().numpy()
         stats = ensemble_disagreement(C, R, list(sections))
@@ -409,7 +409,7 @@ def training_sources(train_config: dict[str, Any] | None, data_dir: str | None) 
     training config (the default config when None): decides which sets need their
     held-out split, and lets the output prove there is no prompt overlap."""
     from distrm.config import TrainConfig, from_dict
-    from distrm.train import load_training_data
+    from distrm.training.qrm import load_training_data
 
     cfg = from_dict(TrainConfig, train_config or {}, "train_log.json config")
     if data_dir:
@@ -515,3 +515,38 @@ def run_pairs(
         "examples": examples,
         "variance": variances,
     }
+
+
+def evaluate_pairs(
+    model: Any,
+    pairs: Sequence[PreferencePair],
+    features: tuple[Any, Any] | tuple[Any, Any, Any],
+    risk: str = "mean",
+) -> dict[str, Any]:
+    """Pairwise accuracy of any distrm model on precomputed features.
+
+    ``features`` = (chosen reward features [n, D], rejected reward features [n, D]) and,
+    for models with a gate, the prompt features [n, D] third. A pair is correct only if
+    score(chosen) > score(rejected) (a tie is wrong, as in RewardBench). Reports overall,
+    per ``pair.source`` (and ``pair.subset`` where set) and, for an ensemble, per member.
+    """
+    Rc, Rr = (torch.as_tensor(np.asarray(f)) for f in features[:2])
+    P = torch.as_tensor(np.asarray(features[2])) if len(features) > 2 else None
+    if not (len(pairs) == Rc.shape[0] == Rr.shape[0]):
+        raise ValueError(f"{len(pairs)} pairs but features for {Rc.shape[0]}/{Rr.shape[0]}")
+    sc = model.score_features(Rc, P, [p.chosen for p in pairs])
+    sr = model.score_features(Rr, P, [p.rejected for p in pairs])
+    name, params = parse_risk(risk)
+    correct = (sc.reward.risk(name, **params) > sr.reward.risk(name, **params)).double()
+    out: dict[str, Any] = {"risk": risk, "n": len(pairs), "accuracy": float(correct.mean()) if len(pairs) else None}
+    for key in ("source", "subset"):
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(pairs):
+            g = getattr(p, key)
+            if g is not None:
+                groups.setdefault(g, []).append(i)
+        if groups:
+            out[f"by_{key}"] = {g: {"n": len(ix), "accuracy": float(correct[ix].mean())} for g, ix in sorted(groups.items())}
+    if sc.reward.levels is None and sc.members.shape[-1] > 1:  # members of an ensemble
+        out["member_accuracy"] = ((sc.members > sr.members).double().mean(0)).tolist()
+    return out

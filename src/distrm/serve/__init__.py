@@ -5,7 +5,7 @@
 * :mod:`distrm.serve.batching` -- the dynamic batcher (one model thread);
 * :mod:`distrm.serve.limits` -- request limits and the body-size guard.
 
-The client side is :class:`distrm.client.RewardClient` (also a TRL reward function).
+The client side is :class:`distrm.serve.client.RewardClient` (also a TRL reward function).
 Needs the ``serve`` extra: ``pip install distrm[serve]``.
 """
 

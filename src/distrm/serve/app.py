@@ -1,4 +1,5 @@
-"""The reward server: FastAPI app around one :class:`DistributionalRewardModel`.
+"""The reward server: FastAPI app around one distrm reward model (any type: the server sees
+only the model protocol of :mod:`distrm.models.base`).
 
 Endpoints (all JSON; see ``/openapi.json`` for the full schemas):
 
@@ -48,7 +49,7 @@ from starlette.exceptions import HTTPException
 from distrm import __version__
 from distrm.distribution import RewardDistribution
 from distrm.risk import RISK_MEASURES, parse_risk
-from distrm.model import DistributionalRewardModel, ScoreOutput
+from distrm.models.base import RewardModel, ScoreOutput
 from distrm.serve.batching import DynamicBatcher, ItemFailed, Overloaded
 from distrm.serve.limits import BodySizeLimit, Limits
 
@@ -214,12 +215,11 @@ class RewardService:
     Kept apart from the FastAPI wiring so the benchmark and tests can reason about the
     scoring path alone."""
 
-    def __init__(self, model: DistributionalRewardModel, config: ServeConfig) -> None:
+    def __init__(self, model: RewardModel, config: ServeConfig) -> None:
         self.model = model
         self.config = config
         self.limits = config.limits
-        cfg = model.config
-        self.kind = "quantile" if cfg.head == "quantile" else "ensemble"
+        self.kind = model.kind
         self.levels = model.levels
         self.reward_risk = self.check_risk(config.reward_risk)
         self.batcher: DynamicBatcher[Pair, Row] = DynamicBatcher(
@@ -252,7 +252,7 @@ class RewardService:
             raise BadRequest(422, f"risk measure spec longer than {MAX_RISK_SPEC_CHARS} characters")
         try:
             name, params = parse_risk(spec)
-            k = self.model.config.n_levels
+            k = 1 if self.levels is None else len(self.levels)
             dummy = RewardDistribution(values=torch.zeros(1, k, dtype=torch.float64), levels=self.levels, kind=self.kind)
             dummy.risk(name, **params)
         except (ValueError, TypeError) as e:
@@ -337,27 +337,17 @@ class RewardService:
         ``model.score`` returns, so the response is built by the same ``to_dict``)."""
         attrs = RewardDistribution(values=torch.stack([r[0] for r in rows]), levels=self.levels, kind=self.kind)
         weights = torch.stack([r[1] for r in rows])
-        if mix is None or mix == self.model.config.mix:
+        if mix is None or mix == self.model.default_mix:
             reward = RewardDistribution(values=torch.stack([r[2] for r in rows]), levels=self.levels, kind=self.kind)
         else:
             reward = RewardDistribution.mix(attrs, weights, method=mix)  # type: ignore[arg-type]
-        return ScoreOutput(attributes=attrs, weights=weights, reward=reward, attribute_names=list(self.model.config.attributes))
+        return ScoreOutput(attributes=attrs, weights=weights, reward=reward, attribute_names=self.model.attribute_names)
 
     def metadata(self) -> dict[str, Any]:
-        cfg = self.model.config
         return {
             "name": "distrm",
             "version": __version__,
-            "backbone": cfg.backbone,
-            "backbone_identity": cfg.backbone_identity,
-            "backbone_max_length": cfg.backbone_max_length,
-            "feature_dim": cfg.feature_dim,
-            "attributes": list(cfg.attributes),
-            "head": cfg.head,
-            "levels": None if cfg.levels is None else list(cfg.levels),
-            "gate": cfg.gate,
-            "mix": cfg.mix,
-            "debias_source": cfg.debias_source,
+            **self.model.describe(),
             "reward_risk": self.reward_risk,
             "risk_measures": list(RISK_MEASURES),
             "batching": {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms},
@@ -415,7 +405,7 @@ def _error(status: int, detail: Any) -> JSONResponse:
 
 
 # ---------------------------------------------------------------------- app
-def create_app(model: DistributionalRewardModel, config: ServeConfig | None = None) -> FastAPI:
+def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI:
     """Build the app for ``model``. The batcher starts with the app's lifespan (uvicorn
     runs it), so creating the app is cheap and side-effect free."""
     config = config or ServeConfig()
@@ -531,7 +521,7 @@ def create_app(model: DistributionalRewardModel, config: ServeConfig | None = No
             results[slot]["error"] = {"status": 422, "detail": f"could not score: {row}"}
         if ok:
             out = service.assemble([r for _, r in ok], env.mix)
-            mix_name = env.mix or model.config.mix if service.kind == "quantile" else None
+            mix_name = env.mix or model.default_mix if service.kind == "quantile" else None
             for (slot, _), d in zip(ok, out.to_dict(risks)):
                 if not env.include_attributes:
                     d.pop("attributes")
@@ -654,7 +644,9 @@ def _strip(text: str, tokens: Sequence[str]) -> str:
 
 def load_app(model_dir: str, config: ServeConfig | None = None) -> FastAPI:
     """``create_app`` for a saved model directory."""
-    return create_app(DistributionalRewardModel.from_pretrained(model_dir), config)
+    from distrm.models.auto import AutoRewardModel
+
+    return create_app(AutoRewardModel.from_pretrained(model_dir), config)
 
 
 def token_from_env() -> str | None:

@@ -1,6 +1,6 @@
 """Client for ``distrm serve``; an instance is a TRL reward function.
 
-    from distrm.client import RewardClient
+    from distrm.serve.client import RewardClient
     reward = RewardClient("http://127.0.0.1:8000", risk="cvar:alpha=0.1")
     trainer = RLOOTrainer(..., reward_funcs=[reward])
 

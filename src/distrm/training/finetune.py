@@ -12,7 +12,7 @@ Pipeline (each step small and checkable):
    -- exactly what ``distrm train`` trains on, so nothing from an evaluation split is seen. A
    small salted slice of that training side is held out for TRL's eval metrics.
 2. Examples: conversational (prompt messages + one assistant turn each side). With
-   ``truncation: left`` (default) they are tokenised by :class:`distrm.backbones.Backbone`'s
+   ``truncation: left`` (default) they are tokenised by :class:`distrm.features.backbones.Backbone`'s
    own chat-template tokenisation (left-truncated to ``max_length``) and handed to TRL as
    ``chosen_ids``/``rejected_ids``: the reward is then read at exactly the token whose hidden
    state is the backbone's reward feature, so the saved head applied to
@@ -138,7 +138,7 @@ def load_pairs(cfg: FinetuneConfig) -> tuple[list, list, dict[str, Any]]:
     from distrm.config import TrainConfig
     from distrm.data import registry
     from distrm.data.splits import train_test
-    from distrm.train import load_training_data
+    from distrm.training.qrm import load_training_data
 
     d = cfg.data
     pairs_names = list(registry.DEFAULT_TRAIN_PAIRS) if d.pairs == ["default"] else list(d.pairs)
@@ -209,7 +209,7 @@ def margins(cfg: FinetuneConfig, pairs: list) -> tuple[list[float] | None, dict[
 
 def conversational(pair) -> dict[str, Any]:
     """TRL's conversational preference example (explicit prompt)."""
-    from distrm.backbones import as_messages
+    from distrm.features.backbones import as_messages
 
     return {
         "prompt": as_messages(pair.prompt),
@@ -363,7 +363,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer
     from trl import RewardTrainer
 
-    from distrm.backbones import Backbone, read_chat_template, resolve_model_dir
+    from distrm.features.backbones import Backbone, read_chat_template, resolve_model_dir
 
     validate(cfg)
     t_all = time.perf_counter()
@@ -469,7 +469,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 def save_reward_model(out: Path, head: torch.Tensor, identity: str, max_length: int) -> None:
     """The fine-tuned single-head reward model as a one-member ensemble on the saved backbone
     (by absolute path, fp32 features), so ``distrm serve``/``load_reward_model`` use it as is."""
-    from distrm.ensemble import EnsembleModelConfig, EnsembleRewardModel
+    from distrm.models.bt_ensemble import EnsembleModelConfig, EnsembleRewardModel
 
     cfg = EnsembleModelConfig(backbone=str(out.resolve()), feature_dim=int(head.shape[1]), n_members=1, backbone_identity=identity,
                               backbone_max_length=max_length, backbone_dtype="float32",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 STAT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -124,3 +125,22 @@ def _plot(var_c: np.ndarray, var_m: np.ndarray, labels: np.ndarray, order: list[
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def member_diversity(members: torch.Tensor) -> dict[str, float]:
+    """How different the members are on a set of inputs (``members`` [n, N]): pairwise
+    Pearson correlation of member rewards (1 = identical up to an affine map) and the
+    per-input population variance across members, on the reward scale (compare it with
+    ``reward_std``, the spread of the ensemble mean over inputs)."""
+    m = members.double()
+    c = torch.corrcoef(m.T)
+    N = m.shape[1]
+    off = c[~torch.eye(N, dtype=torch.bool)]
+    var = m.var(dim=1, unbiased=False)
+    return {
+        "mean_pairwise_corr": float(off.mean()) if N > 1 else 1.0,
+        "min_pairwise_corr": float(off.min()) if N > 1 else 1.0,
+        "mean_variance": float(var.mean()),
+        "median_variance": float(var.median()),
+        "reward_std": float(m.mean(1).std()),
+    }

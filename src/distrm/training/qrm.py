@@ -23,12 +23,13 @@ from safetensors.torch import load_file, save_file
 from distrm.config import TrainConfig
 from distrm.data.records import PreferencePair, RatedResponse, distinct_items_per_attribute, prompt_key
 from distrm.data.splits import is_test, split_key
-from distrm.debias import fit_debias, length_signal
+from distrm.heads.debias import fit_debias, length_signal
 from distrm.distribution import default_levels
-from distrm.gate import GateTrainConfig, GatingNetwork, train_gate
+from distrm.heads.gate import GatingNetwork
+from distrm.training.gate import GateTrainConfig, train_gate
 from distrm.heads.baselines import RidgeHeads
 from distrm.heads.quantile import QuantileHeads, QuantileHeadsCV
-from distrm.model import DistributionalRewardModel, ModelConfig
+from distrm.models.qrm import DistributionalRewardModel, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def format_heads_report(report: list[dict]) -> str:
 
 
 def train(cfg: TrainConfig) -> DistributionalRewardModel:
-    from distrm.backbones import Backbone
+    from distrm.features.backbones import Backbone
     from distrm.features import extract
 
     torch.manual_seed(cfg.seed)

@@ -16,25 +16,18 @@ Point-estimate heads (ridge baseline) have K = 1 and are the same code path.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from distrm import __version__
-from distrm.data.records import Prompt
-from distrm.debias import length_signal
 from distrm.distribution import RewardDistribution
-from distrm.gate import GatingNetwork
+from distrm.heads.debias import length_signal
+from distrm.heads.gate import GatingNetwork
+from distrm.models.base import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, RewardModel, ScoreOutput, check_shape, warn_empty  # noqa: F401
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+MODEL_TYPE = "qrm"
 
 
 @dataclass
@@ -54,7 +47,9 @@ class ModelConfig:
     backbone_identity: str | None = None
     backbone_max_length: int = 512
     backbone_dtype: str | None = None  # None: the device default (fp32 on CPU, bf16 on GPU)
+    backbone_revision: str | None = None  # commit hash of a Hub backbone
     scales: dict[str, list[float]] = field(default_factory=dict)  # attribute -> [low, high]
+    model_type: str = MODEL_TYPE
     distrm_version: str = __version__
 
     @property
@@ -62,57 +57,12 @@ class ModelConfig:
         return len(self.levels) if self.levels else 1
 
 
-@dataclass
-class ScoreOutput:
-    """What ``score`` returns for n (prompt, response) pairs."""
+class DistributionalRewardModel(RewardModel):
+    """QRM: per-attribute quantile heads mixed by a prompt gate (or fixed weights)."""
 
-    attributes: RewardDistribution  # values [n, M, K]
-    weights: torch.Tensor  # [n, M] gate weights
-    reward: RewardDistribution  # [n, K] the mixture
-    attribute_names: list[str]
+    model_type = MODEL_TYPE
+    config_class = ModelConfig
 
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.reward.mean()
-
-    def to_dict(self, risks: Sequence[str] = ()) -> list[dict[str, Any]]:
-        from distrm.risk import parse_risk
-
-        rows = []
-        rvals = {}
-        for spec in risks:
-            name, params = parse_risk(spec)
-            rvals[spec] = self.reward.risk(name, **params).tolist()
-        for i in range(self.weights.shape[0]):
-            rows.append(
-                {
-                    "mean": float(self.mean[i]),
-                    "quantiles": self.reward.values[i].tolist(),
-                    "levels": None if self.reward.levels is None else self.reward.levels.tolist(),
-                    "attributes": {
-                        name: {
-                            "weight": float(self.weights[i, m]),
-                            "mean": float(self.attributes.mean()[i, m]),
-                            "quantiles": self.attributes.values[i, m].tolist(),
-                        }
-                        for m, name in enumerate(self.attribute_names)
-                    },
-                    "risk": {spec: rvals[spec][i] for spec in risks},
-                }
-            )
-        return rows
-
-
-def warn_empty(responses: Sequence[str]) -> int:
-    """Warn (once per call) when responses are empty or whitespace: they are scored as given,
-    but a score for no answer at all is rarely what the caller meant. Returns the count."""
-    n = sum(1 for r in responses if isinstance(r, str) and not r.strip())
-    if n:
-        warnings.warn(f"{n} of {len(responses)} responses are empty; scored as given", UserWarning, stacklevel=3)
-    return n
-
-
-class DistributionalRewardModel:
     def __init__(
         self,
         config: ModelConfig,
@@ -133,6 +83,12 @@ class DistributionalRewardModel:
         if config.gate == "fixed":
             if not config.fixed_weights or len(config.fixed_weights) != M:
                 raise ValueError(f"fixed gate needs {M} weights, one per attribute")
+        if config.head == "quantile":
+            lv = config.levels or []
+            if not lv or any(not 0 < t < 1 for t in lv) or any(b <= a for a, b in zip(lv, lv[1:])):
+                raise ValueError(f"quantile levels must be strictly increasing in (0, 1), got {lv}")
+        if debias is not None and tuple(debias.shape) != (M,):
+            raise ValueError(f"debias has shape {tuple(debias.shape)}, expected ({M},): one coefficient per attribute")
         self.config = config
         self.coef = coef.double()
         self.intercept = intercept.double()
@@ -151,6 +107,18 @@ class DistributionalRewardModel:
     @property
     def levels(self) -> torch.Tensor | None:
         return torch.tensor(self.config.levels, dtype=torch.float64) if self.config.levels else None
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return list(self.config.attributes)
+
+    @property
+    def default_mix(self) -> str | None:
+        return self.config.mix if self.config.head == "quantile" else None
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {**super().describe(), "head": c.head, "gate": c.gate, "debias_source": c.debias_source}
 
     def attribute_distribution(
         self, reward_features: torch.Tensor, responses: Sequence[str] | None, debias: bool = True
@@ -202,87 +170,37 @@ class DistributionalRewardModel:
             reward = RewardDistribution(values=(g.unsqueeze(-1) * attrs.values).sum(-2), kind="ensemble")
         return ScoreOutput(attributes=attrs, weights=g, reward=reward, attribute_names=list(self.config.attributes))
 
-    @property
-    def backbone(self):
-        if self._backbone is None:
-            from distrm.backbones import load_for_heads
-
-            c = self.config
-            self._backbone = load_for_heads(c.backbone, c.backbone_max_length, c.backbone_identity, c.backbone_dtype)
-        return self._backbone
-
-    def score(self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 32) -> ScoreOutput:
-        """Score (prompt, response) pairs end to end: text -> features -> distribution."""
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        from distrm.features import extract
-
-        warn_empty(responses)
-        feats = extract(self.backbone, list(prompts), list(responses), batch_size=batch_size, progress=False)
-        return self.score_features(torch.as_tensor(feats.reward), torch.as_tensor(feats.prompt), responses)
-
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {"heads.coef": self.coef.contiguous(), "heads.intercept": self.intercept.contiguous(), "debias": self.debias}
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"heads.coef": self.coef, "heads.intercept": self.intercept, "debias": self.debias}
         if self.gate is not None:
-            tensors.update({f"gate.{k}": v.contiguous() for k, v in self.gate.state_dict().items()})
-        tmp = path / (WEIGHTS_NAME + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt", "distrm_version": __version__})
-        tmp.replace(path / WEIGHTS_NAME)
-        (path / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n", encoding="utf-8")
-        from distrm.card import write_model_card
+            tensors.update({f"gate.{k}": v for k, v in self.gate.state_dict().items()})
+        return tensors
 
+    def card_summary(self) -> str:
         c = self.config
-        write_model_card(path, "qrm", dataclasses.asdict(c), (
-            f"A Quantile Reward Model: for a (prompt, response) it outputs, per attribute, {c.n_levels} quantiles of "
-            f"the rating a rater would give, gate weights over the {len(c.attributes)} attributes (from the prompt), and "
-            f"their mixture ({c.mix}) as a reward distribution; its mean is the scalar reward, and risk measures "
-            "(CVaR, exponential utility, lower quantiles, ...) summarise its lower tail."))
+        return (f"A Quantile Reward Model: for a (prompt, response) it outputs, per attribute, {c.n_levels} quantiles of "
+                f"the rating a rater would give, gate weights over the {len(c.attributes)} attributes (from the prompt), and "
+                f"their mixture ({c.mix}) as a reward distribution; its mean is the scalar reward, and risk measures "
+                "(CVaR, exponential utility, lower quantiles, ...) summarise its lower tail.")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, backbone: Any = None) -> "DistributionalRewardModel":
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model directory not found: {path}")
-        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if not (path / WEIGHTS_NAME).is_file():
-            hint = f" (found {pickles}: pickle files are refused, they can run code on load)" if pickles else ""
-            raise FileNotFoundError(f"{path / WEIGHTS_NAME} missing{hint}")
-        cfg_path = path / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} missing")
-        try:
-            raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: not valid JSON: {e}") from None
-        names = {f.name for f in dataclasses.fields(ModelConfig)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise ValueError(f"{cfg_path}: unknown key(s) {unknown}")
-        try:
-            config = ModelConfig(**raw)
-        except TypeError as e:
-            raise ValueError(f"{cfg_path}: {e}") from None
-        t = load_file(str(path / WEIGHTS_NAME))
-        for key in ("heads.coef", "heads.intercept"):
-            if key not in t:
-                raise ValueError(f"{path / WEIGHTS_NAME}: tensor {key!r} missing")
+    def from_state(cls, config: ModelConfig, tensors: dict[str, torch.Tensor], where: str, backbone: Any = None) -> "DistributionalRewardModel":
         M, K, d = len(config.attributes), config.n_levels, config.feature_dim
-        if tuple(t["heads.coef"].shape) != (M, K, d):
-            raise ValueError(
-                f"{path / WEIGHTS_NAME}: head weights {tuple(t['heads.coef'].shape)} do not match the config "
-                f"({M} attributes x {K} levels x {d} features)"
-            )
+        coef = check_shape(where, "heads.coef", tensors.get("heads.coef"), (M, K, d))
+        intercept = check_shape(where, "heads.intercept", tensors.get("heads.intercept"), (M, K))
+        debias = tensors.get("debias")
+        if debias is not None:
+            check_shape(where, "debias", debias, (M,))
         gate = None
         if config.gate == "learned":
-            gate = GatingNetwork(
-                config.feature_dim, len(config.attributes), config.gate_hidden, config.gate_n_hidden, config.gate_temperature
-            )
-            state = {k[len("gate."):]: v for k, v in t.items() if k.startswith("gate.")}
+            gate = GatingNetwork(config.feature_dim, M, config.gate_hidden, config.gate_n_hidden, config.gate_temperature)
+            state = {k[len("gate."):]: v for k, v in tensors.items() if k.startswith("gate.")}
             try:
                 gate.load_state_dict(state)
             except RuntimeError as e:
-                raise ValueError(f"{path / WEIGHTS_NAME}: gate weights do not match config.json: {e}") from None
-        return cls(config, t["heads.coef"], t["heads.intercept"], gate, t.get("debias"), backbone)
+                raise ValueError(f"{where}: gate weights do not match config.json: {str(e).splitlines()[0]}") from None
+        try:
+            return cls(config, coef, intercept, gate, debias, backbone)
+        except ValueError as e:
+            raise ValueError(f"{where.rsplit('/', 1)[0]}/config.json: {e}") from None
