@@ -86,10 +86,10 @@ def finetune_info(backbone: str, ev_pairs: list) -> dict[str, Any] | None:
         return None
     from distrm.config import from_dict
     from distrm.data.records import prompt_hash
-    from distrm.training.finetune import FinetuneConfig, load_pairs
+    from distrm.training.finetune import FinetuneConfig, load_pairs, upgrade_legacy_config
 
     log = json.loads(log_path.read_text())
-    cfg = from_dict(FinetuneConfig, log["config"], str(log_path))
+    cfg = from_dict(FinetuneConfig, upgrade_legacy_config(log["config"]), str(log_path))
     train, holdout, _ = load_pairs(cfg)
     seen = {prompt_hash(p.prompt) for p in train + holdout}
     overlap = sum(prompt_hash(p.prompt) in seen for p in ev_pairs)

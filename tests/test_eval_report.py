@@ -106,13 +106,16 @@ def test_bin_probabilities_exact():
 def test_cli_registers_eval_and_report():
     from distrm.cli import eval as ev
     from distrm.cli import report as rp
+    from distrm.config import config_from_args
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     ev.register(sub)
     rp.register(sub)
-    a = parser.parse_args(["eval", "pairs", "--sets", "none", "--file", "x.jsonl", "--risk", "cvar:alpha=0.1"])
-    assert a.func.__name__ == "run_pairs_cmd" and a.risk == ["cvar:alpha=0.1"]
+    a = parser.parse_args(["eval", "pairs", "--sets", "none", "--file", "x.jsonl", "--risk", "cvar:alpha=0.1", "--no-length"])
+    cfg = config_from_args(ev.EvalPairsConfig, a)
+    assert a.func.__name__ == "run_pairs_cmd" and cfg.risk == ["cvar:alpha=0.1"] and cfg.file == ["x.jsonl"]
+    assert cfg.sets == "none" and cfg.length is False
     a = parser.parse_args(["report", "a.json", "-o", "r.html"])
     assert a.func.__name__ == "run_report"
 

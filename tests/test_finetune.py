@@ -14,10 +14,12 @@ from distrm.training.finetune import HEAD_NAME, LOG_NAME, FinetuneConfig, body_o
 
 PROMPTS = ["How do I boil an egg?", [{"role": "user", "content": "Say hi."}]]
 RESPONSES = ["Put it in boiling water for 8 minutes.", "Hi!"]
-TINY = ["--set", "max_pairs=12", "--set", "holdout_fraction=0", "--set", "max_length=64", "--set", "max_steps=2",
-        "--set", "per_device_train_batch_size=2", "--set", "gradient_accumulation_steps=1", "--set", "warmup_ratio=0",
-        "--set", "learning_rate=5e-3", "--set", "bf16=false", "--set", "merge_check_pairs=3", "--set", "progress=false",
-        "--set", "lora.r=4", "--set", "lora.alpha=8", "--set", "data.max_rows_per_source=30"]  # fmt: skip
+TINY = ["--set", "max_pairs=12", "--set", "holdout_fraction=0", "--set", "max_length=64", "--set", "trainer.max_steps=2",
+        "--set", "trainer.per_device_train_batch_size=2", "--set", "trainer.gradient_accumulation_steps=1",
+        "--set", "trainer.warmup_steps=0", "--set", "trainer.learning_rate=5e-3", "--set", "trainer.bf16=false",
+        "--set", "merge_check_pairs=3", "--set", "trainer.disable_tqdm=true", "--set", "lora.r=4", "--set", "lora.alpha=8",
+        "--set", "data.max_rows_per_source=30", "--set", "trainer.save_strategy=steps", "--set", "trainer.save_steps=1",
+        "--set", "trainer.save_total_limit=1", "--set", "trainer.logging_steps=1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,66 @@ def test_cli_writes_a_backbone_dir(tuned):
     mc = log["merge_check"]
     assert mc["max_abs_peft_vs_merged"] < 1e-4, mc
     assert mc["max_abs_peft_vs_reloaded_backbone"] < 1e-4, mc
+    assert mc["max_abs_peft_vs_seq_cls"] < 1e-4, mc
     assert mc["score_range"] > 1e-3  # not a constant model (the check would be vacuous)
+    # the trainer: section reached TRL as is (checkpoints every step, the last one kept)
+    assert log["trainer_args"]["save_strategy"] == "steps" and log["trainer_args"]["learning_rate"] == 5e-3
+    assert log["trainer_args"]["seed"] == 0 and log["trainer_args"]["max_length"] == 64
+    assert [c.name for c in (tuned / "trainer").glob("checkpoint-*")] == ["checkpoint-2"]
+
+
+@pytest.mark.slow
+def test_seq_cls_checkpoint_is_the_standard_one(tuned):
+    """OUT/seq_cls loads with plain transformers and scores like the distrm reward model."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distrm.features.backbones import as_messages
+    from distrm.models.auto import AutoRewardModel
+
+    d = tuned / "seq_cls"
+    assert (d / "model.safetensors").is_file() and not list(d.glob("*.bin"))
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["architectures"][0].endswith("ForSequenceClassification") and len(cfg["id2label"]) == 1  # num_labels=1
+    model = AutoModelForSequenceClassification.from_pretrained(d, dtype=torch.float32).eval()
+    assert model.config.num_labels == 1
+    tok = AutoTokenizer.from_pretrained(d)
+    assert tok.chat_template and model.config.pad_token_id == tok.pad_token_id is not None
+    prompts = PROMPTS + ["What is 2 + 2?"]
+    responses = RESPONSES + ["4, and a much longer answer than the others so that the batch is padded."]
+    texts = [tok.apply_chat_template(as_messages(p) + [{"role": "assistant", "content": r}], tokenize=False)
+             for p, r in zip(prompts, responses)]  # fmt: skip
+    tok.padding_side = "right"
+    batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    assert int((batch["attention_mask"] == 0).sum()) > 0  # padding is exercised
+    with torch.inference_mode():
+        logits = model(**batch).logits
+    assert logits.shape == (3, 1)
+    s = AutoRewardModel.from_pretrained(tuned / "reward_model").score(prompts, responses).mean
+    assert torch.allclose(logits[:, 0].double(), s.double(), atol=1e-4), (logits[:, 0], s)
+
+
+@pytest.mark.slow
+def test_reward_model_folder_moves_with_its_backbone(tuned, tmp_path):
+    """Copy OUT elsewhere, take the original away: OUT_COPY/reward_model loads and scores the same."""
+    import shutil
+
+    from distrm.models.auto import AutoRewardModel
+
+    raw = json.loads((tuned / "reward_model" / "config.json").read_text())
+    assert raw["backbone"] == ".." and raw["backbone_identity"].startswith("local|")
+    assert "backbone_revision" in raw and raw["training"]["base_model"] == "smollm2-135m"
+    expect = AutoRewardModel.from_pretrained(tuned / "reward_model").score(PROMPTS, RESPONSES).mean
+    copy = tmp_path / "moved" / "rm-copy"
+    shutil.copytree(tuned, copy)
+    hidden = tuned.with_name(tuned.name + "-away")
+    tuned.rename(hidden)  # the original path no longer exists while the copy is used
+    try:
+        rm = AutoRewardModel.from_pretrained(copy / "reward_model")
+        got = rm.score(PROMPTS, RESPONSES).mean
+        assert rm.backbone.model.name_or_path == str(copy.resolve())
+    finally:
+        hidden.rename(tuned)
+    assert torch.allclose(got, expect, atol=1e-6), (got, expect)
 
 
 @pytest.mark.slow
@@ -64,6 +125,25 @@ def test_saved_backbone_reloads_and_changes_features(tuned):
 
 
 @pytest.mark.slow
+def test_resume_from_checkpoint(tuned, tmp_path):
+    """trainer.resume_from_checkpoint reaches Trainer.train: the run continues from the first run's
+    last checkpoint (step 2) to max_steps=3 -- its first two steps are the first run's, logged at
+    that run's learning rate, not at the one given now (which a fresh run would log)."""
+    import shutil
+
+    out = tmp_path / "rm"
+    shutil.copytree(tuned / "trainer", out / "trainer")
+    assert main(["finetune-backbone", "--output-dir", str(out), *TINY, "--set", "trainer.max_steps=3",
+                 "--set", "trainer.learning_rate=1e-7", "--set", "trainer.resume_from_checkpoint=true",
+                 "--set", "trainer.save_strategy=no"]) == 0  # fmt: skip
+    log = json.loads((out / LOG_NAME).read_text())
+    first = json.loads((tuned / LOG_NAME).read_text())["train"]["history"]
+    assert [h["step"] for h in first] == [1, 2] and first[0]["learning_rate"] > 1e-4
+    assert log["train"]["global_step"] == 3
+    assert log["train"]["history"][:2] == first and log["train"]["history"][2]["step"] == 3
+
+
+@pytest.mark.slow
 def test_lora_merge_equivalence():
     """merge_and_unload of a LoRA with non-zero (random) adapters gives the same scores."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -82,6 +162,13 @@ def test_lora_merge_equivalence():
         base = score_ids(peft_model, ids, tok.pad_token_id)
     before = score_ids(peft_model, ids, tok.pad_token_id)
     assert float((before - base).abs().max()) > 1e-3  # the adapters do something
+    # a sharded run (FSDP / ZeRO-3) rebuilds the trained model from its gathered state dict
+    from distrm.training.finetune import rebuild_trained
+
+    peft_config = peft_model.peft_config["default"]
+    rebuilt = rebuild_trained(peft_model.state_dict(), path, peft_config, torch.device("cpu"))
+    rebuilt.config.pad_token_id = tok.pad_token_id
+    assert torch.allclose(score_ids(rebuilt, ids, tok.pad_token_id), before, atol=1e-5)
     after = score_ids(peft_model.merge_and_unload(), ids, tok.pad_token_id)
     assert torch.allclose(before, after, atol=1e-4), (before, after)
 
@@ -117,9 +204,12 @@ def test_config_errors(tmp_path, capsys):
         validate(load_config(FinetuneConfig, None, ["method=qlora"]))
     with pytest.raises(ValueError, match="max_length"):
         validate(load_config(FinetuneConfig, None, ["max_length=4"]))
-    with pytest.raises(ValueError, match="learning_rate: expected a number"):
-        validate(load_config(FinetuneConfig, None, ["learning_rate=fast"]))
-    assert (validate(c := load_config(FinetuneConfig, None, ["learning_rate=5e-3"])) or c.learning_rate) == 5e-3  # YAML text
+    with pytest.raises(ValueError, match="trainer.learning_rate: expected a number"):
+        validate(load_config(FinetuneConfig, None, ["trainer.learning_rate=fast"]))
+    c = load_config(FinetuneConfig, None, ["trainer.learning_rate=5e-3"])
+    assert (validate(c) or c.trainer["learning_rate"]) == 5e-3  # YAML text
+    with pytest.raises(ValueError, match="unknown key.*'learning_rate'"):  # the re-declared fields are gone
+        load_config(FinetuneConfig, None, ["learning_rate=1e-4"])
     with pytest.raises(ValueError, match="margin(: expected one of| must be)"):
         validate(load_config(FinetuneConfig, None, ["margin=huge"]))
     bad = tmp_path / "bad.yaml"
@@ -133,8 +223,93 @@ def test_config_errors(tmp_path, capsys):
 def test_embedded_configs_parse(capsys):
     from importlib import resources
 
-    for name in ("finetune-smollm2-cpu.yaml", "finetune-smollm2-gpu.yaml", "finetune-gemma3-cpu.yaml"):
+    names = sorted(p.name for p in resources.files("distrm").joinpath("configs").iterdir() if p.name.startswith("finetune-"))
+    assert names == ["finetune-gemma3-cpu.yaml", "finetune-smollm2-cpu.yaml", "finetune-smollm2-gpu.yaml"]
+    for name in names:
         path = str(resources.files("distrm") / "configs" / name)
-        validate(load_config(FinetuneConfig, path))
-        assert main(["finetune-backbone", "--config", path, "--print-config"]) == 0
-    assert "base_model" in capsys.readouterr().out
+        cfg = load_config(FinetuneConfig, path)
+        validate(cfg)
+        assert {"learning_rate", "per_device_train_batch_size", "report_to", "save_strategy"} <= set(cfg.trainer), name
+        assert main(["finetune-backbone", "--config", path, "--print-config", "--set", "trainer.learning_rate=1e-4"]) == 0
+        out = capsys.readouterr().out
+        assert "base_model" in out and "learning_rate: 0.0001" in out
+
+
+def test_trainer_section_is_trl_reward_config(tmp_path, capsys, monkeypatch):
+    """trainer: keys are RewardConfig's own, checked when the config loads (before any data or
+    model work), and reach RewardConfig as given; distrm's own settings fill the rest."""
+    import distrm.training.finetune as ft
+    from trl import RewardConfig
+
+    with pytest.raises(ValueError, match=r"trainer.learning_rte: not an option of trl.RewardConfig.*did you mean learning_rate"):
+        load_config(FinetuneConfig, None, ["trainer.learning_rte=1e-4"])
+    with pytest.raises(ValueError, match=r"trainer.warmup_ratio: .*did you mean warmup_steps"):
+        load_config(FinetuneConfig, None, ["trainer.warmup_ratio=0.1"])
+    with pytest.raises(ValueError, match=r"trainer.max_steps: expected an integer"):
+        load_config(FinetuneConfig, None, ["trainer.max_steps=many"])
+    with pytest.raises(ValueError, match=r"trainer.seed: set by distrm from its own field 'seed'"):
+        load_config(FinetuneConfig, None, ["trainer.seed=3"])
+    with pytest.raises(ValueError, match=r"RewardConfig refuses.*cosinex"):  # an enum: RewardConfig's own check
+        validate(load_config(FinetuneConfig, None, ["trainer.lr_scheduler_type=cosinex"]))
+
+    def boom(*a, **k):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("data or model loaded before the config was validated")
+
+    monkeypatch.setattr(ft, "load_pairs", boom)
+    monkeypatch.setattr(ft, "load_seqcls", boom)
+    assert main(["finetune-backbone", "--set", "trainer.report_too=wandb"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.report_too" in err and "report_to" in err and "Traceback" not in err
+    assert main(["finetune-backbone", "--set", "trainer.save_strategy=sometimes"]) == 2
+    assert "sometimes" in capsys.readouterr().err
+
+    cfg = load_config(FinetuneConfig, ft_default(), ["trainer.learning_rate=1e-4", "trainer.save_strategy=no",
+                                                     "trainer.resume_from_checkpoint=true", "trainer.report_to=[tensorboard]",
+                                                     "seed=7", "max_length=128", "holdout_fraction=0"])  # fmt: skip
+    validate(cfg)
+    assert cfg.trainer["learning_rate"] == 1e-4 and cfg.trainer["save_strategy"] == "no"  # YAML's bare no is false
+    kw = ft.trainer_kwargs(cfg, torch.device("cpu"), has_eval=False)
+    assert kw["seed"] == 7 and kw["max_length"] == 128 and kw["use_cpu"] is True and isinstance(kw["bf16"], bool)
+    assert kw["output_dir"].endswith("trainer") and kw["eval_strategy"] == "no"  # no holdout pairs: nothing to evaluate
+    args = RewardConfig(**kw)
+    assert args.learning_rate == 1e-4 and args.report_to == ["tensorboard"] and args.resume_from_checkpoint is True
+    assert args.center_rewards_coefficient == 0.01 and args.activation_checkpointing is False  # from the embedded YAML
+    # fp16 asked for: distrm's bf16 default steps aside
+    assert ft.trainer_kwargs(load_config(FinetuneConfig, None, ["trainer.fp16=true"]), torch.device("cpu"), True)["bf16"] is False
+
+
+def ft_default() -> str:
+    from distrm.cli.finetune import default_config_path
+
+    return default_config_path()
+
+
+def test_legacy_config_upgrade():
+    from distrm.config import from_dict
+    from distrm.training.finetune import upgrade_legacy_config
+
+    old = {"base_model": "smollm2-135m", "learning_rate": 2e-4, "warmup_ratio": 0.03, "per_device_train_batch_size": 8,
+           "gradient_checkpointing": False, "eval_steps": None, "progress": False, "center_rewards_coefficient": 0.01,
+           "bf16": None, "max_length": 256}  # fmt: skip
+    cfg = from_dict(FinetuneConfig, upgrade_legacy_config(old))
+    validate(cfg)
+    assert cfg.max_length == 256 and cfg.trainer == {
+        "save_strategy": "no", "report_to": "none", "learning_rate": 2e-4, "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 8, "bf16": None, "center_rewards_coefficient": 0.01, "warmup_steps": 0.03,
+        "activation_checkpointing": False, "eval_strategy": "no", "disable_tqdm": True}  # fmt: skip
+    assert upgrade_legacy_config({"trainer": {"learning_rate": 1.0}}) == {"trainer": {"learning_rate": 1.0}}
+
+
+def test_one_lora_settings_type():
+    """finetune-backbone and rl rloo share distrm.config.LoraSettings; rloo keeps its own defaults
+    (r=32, alpha=64), also for the keys a partial lora: section leaves out."""
+    from distrm.config import LoraSettings
+    from distrm.rl import rloo
+    from distrm.training import finetune
+
+    assert finetune.LoraSettings is LoraSettings and rloo.LoraSettings is LoraSettings
+    assert load_config(FinetuneConfig, None, []).lora == LoraSettings(r=16, alpha=32)
+    assert load_config(rloo.RLOORunConfig, None, []).lora == LoraSettings(r=32, alpha=64)
+    assert load_config(rloo.RLOORunConfig, None, ["lora.r=8"]).lora == LoraSettings(r=8, alpha=64)
+    c = load_config(FinetuneConfig, None, ["lora.target_modules=[q_proj, v_proj]"])
+    assert c.lora.target_modules == ["q_proj", "v_proj"] and c.lora.alpha == 32

@@ -10,7 +10,8 @@ import torch
 from distrm.heads.debias import fit_debias, length_signal
 from distrm.distribution import default_levels
 from distrm.heads.gate import GatingNetwork
-from distrm.training.gate import GateTrainConfig, train_gate
+from distrm.config import GateConfig
+from distrm.training.gate import train_gate
 from distrm.models.qrm import DistributionalRewardModel, ModelConfig
 
 D, M = 16, 3
@@ -110,7 +111,7 @@ def test_gate_learns_prompt_dependent_weights():
     mc[torch.arange(n), typ], mr[torch.arange(n), typ] = dec_c, dec_r
     mc[torch.arange(n), 1 - typ], mr[torch.arange(n), 1 - typ] = dec_r, dec_c
     gate = GatingNetwork(8, 2, hidden=32, n_hidden=3, temperature=1.0)
-    log = train_gate(gate, feats, mc, mr, GateTrainConfig(lr=3e-3, batch_size=256, epochs=20, progress=False))
+    log = train_gate(gate, feats, mc, mr, GateConfig(lr=3e-3, batch_size=256, epochs=20), progress=False)
     assert log[-1]["loss"] < log[0]["loss"]
     with torch.no_grad():
         w = gate(feats)

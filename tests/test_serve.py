@@ -324,10 +324,17 @@ def test_cli_defaults_bind_loopback():
     import argparse
 
     from distrm.cli import serve as serve_cli
+    from distrm.config import config_from_args
+    from distrm.serve.config import ServeCommandConfig
 
     p = argparse.ArgumentParser()
     serve_cli.register(p.add_subparsers())
     a = p.parse_args(["serve", "some/model"])
-    assert a.host == "127.0.0.1" and a.max_batch == 64 and a.on_too_long == "truncate" and a.func is serve_cli.run
-    a = p.parse_args(["serve", "m", "--max-batch", "1", "--on-too-long", "reject", "--strip", "</s>", "--strip", "<pad>"])
-    assert a.max_batch == 1 and a.on_too_long == "reject" and a.strip == ["</s>", "<pad>"]
+    c = config_from_args(ServeCommandConfig, a)
+    assert c.host == "127.0.0.1" and c.server.max_batch == 64 and c.server.limits.on_too_long == "truncate"
+    assert a.func is serve_cli.run and c.model == "some/model"
+    a = p.parse_args(["serve", "m", "--max-batch", "1", "--on-too-long", "reject", "--strip", "</s>", "--strip", "<pad>",
+                      "--timeout", "5", "--set", "server.limits.max_items=3"])
+    c = config_from_args(ServeCommandConfig, a)
+    assert c.server.max_batch == 1 and c.server.limits.on_too_long == "reject" and c.server.strip == ("</s>", "<pad>")
+    assert c.server.limits.request_timeout_s == 5.0 and c.server.limits.max_items == 3

@@ -1,9 +1,18 @@
-"""Dataclass configs that a YAML file and the command line both fill.
+"""Dataclass configs that a YAML file and the command line both fill: the one config system.
 
-One dataclass per pipeline step; ``TrainConfig`` nests them. A YAML file gives any subset
-of the fields, ``--set section.field=value`` overrides on the command line (values are
-parsed as YAML, so ``--set gate.epochs=50`` is an int). Unknown keys are an error naming
-the key and the file, never silently ignored.
+One dataclass per pipeline step; ``TrainConfig`` nests them. Every command (train, finetune,
+serve, eval, bon, extract, rl) declares its options as such a dataclass and registers them with
+:func:`add_config_arguments`; :func:`config_from_args` then fills it from, in order, the YAML
+file (``--config``), the command's flags and ``--set section.field=value`` (values parsed as
+YAML, so ``--set gate.epochs=50`` is an int). Every value is coerced to its annotated type
+(``Literal`` choices included) and each dataclass's ``__post_init__`` checks ranges and risk
+specs -- all when the config is built, i.e. before any data, backbone or feature work.
+Unknown keys are an error naming the key and the file, never silently ignored. A field's
+help text is written once, as its source comment (or its entry in the class docstring's
+``Attributes:`` section), and ``--help`` shows it.
+
+Why flags *and* YAML: users script runs with files, and try things with flags; both must
+mean the same, so a flag is nothing but a named ``--set`` for one field.
 """
 
 from __future__ import annotations
@@ -102,6 +111,16 @@ class EnsembleConfig:
 
 
 @dataclass
+class LoraSettings:
+    """``lora:`` of ``distrm finetune-backbone`` and ``distrm rl rloo`` (-> ``peft.LoraConfig``)."""
+
+    r: int = 16  # rank (distrm rl rloo's default: 32)
+    alpha: int = 32  # lora_alpha; the update is scaled by alpha / r (distrm rl rloo's default: 64)
+    dropout: float = 0.05  # lora_dropout
+    target_modules: list[str] | str = "all-linear"  # peft's "all-linear" or module names (q_proj, v_proj, ...)
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/qrm-minilm"
     seed: int = 0
@@ -116,9 +135,11 @@ class TrainConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", _prefix: str = "") -> T:
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", _prefix: str = "", _base: Any = None) -> T:
     """Build a (nested) dataclass from a dict, rejecting unknown keys by name and values of the
-    wrong type (see :func:`coerce`)."""
+    wrong type (see :func:`coerce`). Keys a nested section leaves out keep the enclosing
+    config's default for that section (``lora: LoraSettings = field(default_factory=lambda:
+    LoraSettings(r=32))`` + ``lora: {alpha: 8}`` gives r=32), not the section class's defaults."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: {_prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -130,10 +151,26 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", _prefix
     for k, v in data.items():
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
-            kwargs[k] = from_dict(tp, v or {}, where, f"{_prefix}{k}.")
+            kwargs[k] = from_dict(tp, v or {}, where, f"{_prefix}{k}.", _section_default(cls, k, _base))
         else:
             kwargs[k] = coerce(v, tp, f"{where}: {_prefix}{k}")
-    return cls(**kwargs)
+    try:
+        return dataclasses.replace(_base, **kwargs) if _base is not None else cls(**kwargs)
+    except ValueError as e:  # a range / consistency check in __post_init__: say where it came from
+        if str(e).startswith(where):
+            raise
+        raise ValueError(f"{where}: {_prefix.rstrip('.') + ': ' if _prefix else ''}{e}") from None
+
+
+def _section_default(cls: type, name: str, base: Any) -> Any:
+    """The default of the nested-dataclass field ``name`` of ``cls`` (taken from ``base``, the
+    enclosing section's own default, when there is one), or None."""
+    if base is not None:
+        return getattr(base, name)
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def _type_name(tp: Any) -> str:
@@ -164,6 +201,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
         names = " or ".join(_type_name(a) for a in args)
         raise ValueError(f"{where}: expected {names}, got {value!r}")
+    if origin is tuple:  # tuple[X, ...]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return tuple(coerce(x, args[0], f"{where}[{i}]") for i, x in enumerate(value)) if args else tuple(value)
     if origin is list:
         if not isinstance(value, list):
             raise ValueError(f"{where}: expected a list, got {value!r}")
@@ -216,48 +257,92 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """YAML file (optional) + overrides -> dataclass config."""
-    data: dict[str, Any] = {}
-    where = "defaults"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p}: not valid YAML: {e}") from None
-        where = str(p)
+    data, where = read_yaml(path)
     apply_overrides(data, overrides or [])
     return from_dict(cls, data, where)
+
+
+def read_yaml(path: str | Path | None) -> tuple[dict[str, Any], str]:
+    """A config file's mapping and its name for messages (``({}, "defaults")`` for no file)."""
+    if path is None:
+        return {}, "defaults"
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
+    return data, str(p)
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Help text per field of one dataclass: its source comment (full-line comments right
+    above the field and the inline one), else its entry in the class docstring's
+    ``Attributes:`` section."""
+    import inspect
+    import io
+    import re
+    import tokenize
+
+    docs: dict[str, str] = {}
+    doc = inspect.getdoc(cls) or ""
+    if "Attributes:" in doc:
+        body = doc.split("Attributes:", 1)[1]
+        cur = None
+        for line in body.splitlines():
+            m = re.match(r"^\s{2,}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
+            if m and line.startswith("    ") and not line.startswith("        "):
+                cur = m.group(1)
+                docs[cur] = m.group(2).strip()
+            elif cur and line.startswith("        "):
+                docs[cur] += " " + line.strip()
+            elif line.strip() and not line.startswith(" "):
+                break
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return docs
+    lines = src.splitlines()
+    above: list[str] = []
+    inline = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(src).readline)
+              if tok.type == tokenize.COMMENT}
+    for i, line in enumerate(lines, 1):
+        st = line.strip()
+        if st.startswith("#"):
+            above.append(st.lstrip("# ").strip())
+            continue
+        name = st.split(":", 1)[0].strip()
+        if name.isidentifier() and st.startswith(name + ":"):
+            parts = above + ([inline[i].lstrip("# ").strip()] if i in inline else [])
+            if parts:
+                docs[name] = " ".join(parts)
+        above = []
+    return docs
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _show(value: Any) -> str:
+    return yaml.safe_dump(_plain(value), default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _tp_name(tp: Any) -> str:
+    return _type_name(tp) if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 
 def field_help(cls: type) -> list[tuple[str, str, str, str]]:
     """(key, type, default, help) for every field of a (nested) config dataclass, the help being
     the field's own comment in the source: one place documents a field, ``--help`` shows it."""
-    import inspect
-    import io
-    import tokenize
-
-    comments: dict[str, str] = {}
-    try:
-        src = inspect.getsource(cls)
-        lines = src.splitlines()
-        above: list[str] = []  # full-line comments right above a field also document it
-        inline = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(src).readline)
-                  if tok.type == tokenize.COMMENT}
-        for i, line in enumerate(lines, 1):
-            st = line.strip()
-            if st.startswith("#"):
-                above.append(st.lstrip("# ").strip())
-                continue
-            name = st.split(":", 1)[0].strip()
-            if name.isidentifier() and st.startswith(name + ":"):
-                parts = above + ([inline[i].lstrip("# ").strip()] if i in inline and not st.startswith("#") else [])
-                if parts:
-                    comments[name] = " ".join(parts)
-            above = []
-    except (OSError, TypeError):
-        pass
+    docs = _field_docs(cls)
     hints = typing.get_type_hints(cls)
     rows: list[tuple[str, str, str, str]] = []
     for f in dataclasses.fields(cls):
@@ -265,10 +350,7 @@ def field_help(cls: type) -> list[tuple[str, str, str, str]]:
         if dataclasses.is_dataclass(tp):
             rows += [(f"{f.name}.{k}", t, d, h) for k, t, d, h in field_help(tp)]
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "")  # type: ignore[misc]
-        rows.append((f.name, _type_name(tp) if isinstance(tp, type) else str(tp).replace("typing.", ""), yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("..."
-                     ).strip(), comments.get(f.name, "")))
+        rows.append((f.name, _tp_name(tp), _show(_default_of(f)), docs.get(f.name, "")))
     return rows
 
 
@@ -280,5 +362,136 @@ def format_field_help(cls: type) -> str:
     return "\n".join(lines)
 
 
+def _plain(value: Any) -> Any:
+    """A config value as YAML-safe builtins (tuples as lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    return _plain(cfg)
+
+
+# ---------------------------------------------------------------------------- command line
+# A field's ``metadata`` may say how it shows up on the command line:
+#   flag="--name"     the flag's name (default: --field-name; bool fields that default to true
+#                     get --no-field-name), flag=None: no flag (YAML / --set only)
+#   positional=True   a positional argument (e.g. the model of ``distrm serve MODEL``)
+#   secret=True       masked by --print-config (tokens)
+
+
+def _leaves(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field, str]]:
+    """(dotted key, type, field, help) for every non-dataclass field, nested ones included."""
+    hints, docs = typing.get_type_hints(cls), _field_docs(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += _leaves(tp, f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, tp, f, docs.get(f.name, "")))
+    return out
+
+
+def _non_null(tp: Any) -> list[Any]:
+    """The alternatives of ``X | Y | None`` other than None (``[tp]`` for a plain type)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(tp) if a is not type(None)]
+    return [tp]
+
+
+def _is_list(tp: Any) -> bool:
+    return any(typing.get_origin(t) in (list, tuple) for t in _non_null(tp))
+
+
+def _is_str(tp: Any) -> bool:
+    """A flag value for this type is taken verbatim (not parsed as YAML: ``--host yes`` is a str)."""
+    tps = _non_null(tp)
+    return tps == [str] or (len(tps) == 1 and typing.get_origin(tps[0]) is Literal and all(isinstance(a, str) for a in typing.get_args(tps[0])))
+
+
+_DEST = "_cfg:"
+
+
+def add_config_arguments(parser: Any, cls: type, *, flags: bool | list[str] = True,
+                         default_config: str | None = None) -> None:
+    """Register ``--config``, ``--set``, ``--print-config`` and one flag per field of ``cls``
+    (all leaf fields, or only the dotted keys listed in ``flags``) on an argparse parser, each
+    flag's help being the field's documentation. Flags only record what was given; the values
+    are typed and checked by :func:`config_from_args`, the same way as YAML and ``--set``."""
+    import argparse
+
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="YAML config file" + (f" (default: the embedded {Path(default_config).name})" if default_config else ""))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set a.b=1 (value parsed as YAML); see the keys below")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    seen: set[str] = set()
+    for key, tp, f, doc in _leaves(cls):
+        meta = f.metadata
+        if meta.get("positional"):
+            parser.add_argument(_DEST + key, metavar=key.rsplit(".", 1)[-1].upper(), help=doc,
+                                nargs="?" if _default_of(f) not in (None, "") else None)
+            continue
+        if (flags is not True and key not in flags) or ("flag" in meta and meta["flag"] is None):
+            continue
+        default = _default_of(f)
+        is_bool = tp is bool
+        name = meta.get("flag") or "--" + ("no-" if is_bool and default else "") + key.rsplit(".", 1)[-1].replace("_", "-")
+        if name in seen:
+            raise TypeError(f"{cls.__name__}: two config fields would both be the flag {name}; give one metadata flag=")
+        seen.add(name)
+        h = (doc + " " if doc else "") + f"[{key}, {_tp_name(tp)}, default {_show(default)}]"
+        h = h.replace("%", "%%")
+        if is_bool:
+            parser.add_argument(name, dest=_DEST + key, action="store_const", const=not default, default=argparse.SUPPRESS, help=h)
+        elif _is_list(tp):
+            parser.add_argument(name, dest=_DEST + key, action="append", default=argparse.SUPPRESS, metavar="VALUE", help=h + " (repeatable)")
+        else:
+            choices = list(typing.get_args(tp)) if typing.get_origin(tp) is Literal else None
+            parser.add_argument(name, dest=_DEST + key, default=argparse.SUPPRESS, choices=choices, metavar=None if choices else "VALUE", help=h)
+
+
+def config_from_args(cls: type[T], args: Any, default_config: str | None = None, print_config: bool = True) -> T:
+    """The config of a command: YAML (``--config``, else ``default_config``, else the dataclass
+    defaults), then its flags, then ``--set``; typed and validated (see the module docstring).
+    With ``--print-config`` the resolved config is printed (the caller then returns)."""
+    path = getattr(args, "config", None) or default_config
+    data, where = read_yaml(path)
+    given = {k[len(_DEST):]: v for k, v in vars(args).items() if k.startswith(_DEST) and v is not None}
+    types_ = {key: tp for key, tp, _, _ in _leaves(cls)}
+    for key, raw in given.items():
+        tp = types_[key]
+        if isinstance(raw, list):  # a repeatable flag: parse each value as the element type
+            elem = next((typing.get_args(t)[0] for t in _non_null(tp) if typing.get_origin(t) in (list, tuple) and typing.get_args(t)), str)
+            raw = [x if _is_str(elem) else yaml.safe_load(x) for x in raw]
+        elif isinstance(raw, str) and not _is_str(tp):
+            raw = yaml.safe_load(raw)
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = raw
+    apply_overrides(data, list(getattr(args, "overrides", []) or []))
+    if given or getattr(args, "overrides", None):
+        where = "command line" if path is None else f"{where} + command line"
+    cfg = from_dict(cls, data, where)
+    if print_config and getattr(args, "print_config", False):
+        shown = _plain(cfg)
+        for key, _, f, _ in _leaves(cls):
+            if f.metadata.get("secret"):
+                node = shown
+                *parents, leaf = key.split(".")
+                for part in parents:
+                    node = node[part]
+                if node.get(leaf) is not None:
+                    node[leaf] = "***"
+        print(yaml.safe_dump(shown, sort_keys=False))
+    return cfg

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "serve",
     "extract",
     "finetune",
+    "convert",
 ]
 
 

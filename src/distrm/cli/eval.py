@@ -4,11 +4,65 @@ files in ``--output-dir`` (counts, not only percentages)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from distrm.config import add_config_arguments, config_from_args
+from distrm.risk import parse_risk
 
 
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
+
+
+@dataclass
+class _EvalCommon:
+    data_dir: str | None = None  # shared data directory (default $DISTRM_DATA_DIR or ../shared/data)
+    store: str | None = None  # feature store directory (default .cache/distrm/features)
+    batch_size: int = 32
+    output_dir: str = "runs/eval"  # where the JSON and markdown tables go
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class EvalPairsConfig(_EvalCommon):
+    """``distrm eval pairs``."""
+
+    model: list[str] = field(default_factory=list)  # model folder or Hub id (repeatable); none: length heuristic only
+    sets: str = "all"  # shared sets, comma-separated registry names, 'all' or 'none'
+    file: list[str] = field(default_factory=list)  # RewardBench-format JSON/JSONL/Parquet file or hub name (repeatable)
+    risk: list[str] = field(default_factory=list)  # also rank by a risk measure, e.g. cvar:alpha=0.1
+    weighting: Literal["auto", "rewardbench", "plain"] = "auto"
+    max_pairs: int | None = None  # cap per set (seeded random sample, recorded in the JSON)
+    examples: int = 6  # pairs whose distributions go into the JSON for the report
+    length: bool = field(default=True, metadata={"flag": "--no-length"})  # the 'longer response wins' reference row
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for spec in self.risk:
+            parse_risk(spec)  # the risk vocabulary: fail before any model loads
+
+
+@dataclass
+class EvalCalibrationConfig(_EvalCommon):
+    """``distrm eval calibration``."""
+
+    model: list[str] = field(default_factory=list)  # model folder or Hub id (repeatable, at least one)
+    sets: str = "all"  # multi-rater sets, comma-separated registry names or 'all'
+    max_items: int | None = None  # cap per set (seeded random sample)
+    min_raters: int = 2
+    baseline: bool = True  # the ridge + Gaussian baseline on the first model's backbone
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.model:
+            raise ValueError("give at least one --model")
+        if self.min_raters < 2:
+            raise ValueError(f"min_raters must be >= 2, got {self.min_raters}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,15 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "set is used in training) and on RewardBench-format files. The real RewardBench file gets RewardBench's own "
         "section weighting; everything else plain per-subset / pooled accuracies. The output says which.",
     )
-    pp.add_argument("--model", action="append", default=[], help="model directory (repeatable); none: length heuristic only")
-    pp.add_argument("--sets", default="all", help="shared sets, comma-separated registry names, 'all' or 'none'")
-    pp.add_argument("--file", action="append", default=[], help="RewardBench-format JSON/JSONL/Parquet file or hub name (repeatable)")
-    pp.add_argument("--risk", action="append", default=[], help="also rank by a risk measure, e.g. cvar:alpha=0.1")
-    pp.add_argument("--weighting", choices=["auto", "rewardbench", "plain"], default="auto")
-    pp.add_argument("--max-pairs", type=int, default=None, help="cap per set (seeded random sample, recorded in the JSON)")
-    pp.add_argument("--examples", type=int, default=6, help="pairs whose distributions go into the JSON for the report")
-    pp.add_argument("--no-length", action="store_true", help="leave out the 'longer response wins' reference row")
-    _common(pp)
+    add_config_arguments(pp, EvalPairsConfig)
     pp.set_defaults(func=run_pairs_cmd)
 
     pc = esub.add_parser(
@@ -39,45 +85,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Pinball, exact CRPS, exact W1, central-interval coverage and spread correlation against each "
         "held-out item's raters, for the model and a ridge + Gaussian baseline on the same backbone.",
     )
-    pc.add_argument("--model", action="append", required=True, help="model directory (repeatable)")
-    pc.add_argument("--sets", default="all", help="multi-rater sets, comma-separated registry names or 'all'")
-    pc.add_argument("--max-items", type=int, default=None, help="cap per set (seeded random sample)")
-    pc.add_argument("--min-raters", type=int, default=2)
-    pc.add_argument("--no-baseline", action="store_true")
-    _common(pc)
+    add_config_arguments(pc, EvalCalibrationConfig)
     pc.set_defaults(func=run_calibration_cmd)
 
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="shared data directory (default $DISTRM_DATA_DIR or ../shared/data)")
-    p.add_argument("--store", default=None, help="feature store directory (default .cache/distrm/features)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--output-dir", default="runs/eval", help="where the JSON and markdown tables go")
-
-
 def run_pairs_cmd(args: argparse.Namespace) -> int:
     from distrm.eval import common, pairs
 
-    sets = list(pairs.SHARED_PAIR_SETS) if args.sets == "all" else ([] if args.sets == "none" else _csv(args.sets))
+    cfg = config_from_args(EvalPairsConfig, args)
+    if args.print_config:
+        return 0
+
+    sets = list(pairs.SHARED_PAIR_SETS) if cfg.sets == "all" else ([] if cfg.sets == "none" else _csv(cfg.sets))
     res = pairs.run_pairs(
-        args.model,
+        cfg.model,
         sets=sets,
-        files=args.file,
-        risks=args.risk,
-        data_dir=args.data_dir,
-        store=args.store,
-        batch_size=args.batch_size,
-        max_pairs=args.max_pairs,
-        n_examples=args.examples,
-        weighting=args.weighting,
-        length_row=not args.no_length,
+        files=cfg.file,
+        risks=cfg.risk,
+        data_dir=cfg.data_dir,
+        store=cfg.store,
+        batch_size=cfg.batch_size,
+        max_pairs=cfg.max_pairs,
+        n_examples=cfg.examples,
+        weighting=cfg.weighting,
+        length_row=cfg.length,
     )
     table = pairs.format_table(res["rows"])
     print(res["weighting_note"])
     print(table)
-    out = Path(args.output_dir)
+    out = Path(cfg.output_dir)
     j = common.write_json(out / "pairs.json", res)
     (out / "pairs.md").write_text(f"{res['weighting_note']}\n\n```\n{table}\n```\n", encoding="utf-8")
     print(f"wrote {j} and {out / 'pairs.md'}")
@@ -87,20 +125,24 @@ def run_pairs_cmd(args: argparse.Namespace) -> int:
 def run_calibration_cmd(args: argparse.Namespace) -> int:
     from distrm.eval import calibration, common
 
-    sets = list(calibration.CALIBRATION_SETS.values()) if args.sets == "all" else _csv(args.sets)
+    cfg = config_from_args(EvalCalibrationConfig, args)
+    if args.print_config:
+        return 0
+
+    sets = list(calibration.CALIBRATION_SETS.values()) if cfg.sets == "all" else _csv(cfg.sets)
     res = calibration.run_calibration(
-        args.model,
+        cfg.model,
         sets=sets,
-        data_dir=args.data_dir,
-        store=args.store,
-        batch_size=args.batch_size,
-        baseline=not args.no_baseline,
-        max_items=args.max_items,
-        min_raters=args.min_raters,
+        data_dir=cfg.data_dir,
+        store=cfg.store,
+        batch_size=cfg.batch_size,
+        baseline=cfg.baseline,
+        max_items=cfg.max_items,
+        min_raters=cfg.min_raters,
     )
     table = calibration.format_table(res["results"])
     print(table)
-    out = Path(args.output_dir)
+    out = Path(cfg.output_dir)
     j = common.write_json(out / "calibration.json", res)
     (out / "calibration.md").write_text(f"{res['metrics_note']}\n\n```\n{table}\n```\n", encoding="utf-8")
     print(f"wrote {j} and {out / 'calibration.md'}")

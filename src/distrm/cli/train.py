@@ -6,7 +6,7 @@ import argparse
 import json
 from importlib import resources
 
-from distrm.config import TrainConfig, format_field_help, load_config
+from distrm.config import TrainConfig, add_config_arguments, config_from_args, format_field_help
 
 DEFAULT_CONFIG = "qrm-minilm.yaml"
 
@@ -25,11 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=format_field_help(TrainConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, help=f"YAML config (default: the embedded {DEFAULT_CONFIG})")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--output-dir", default=None, help="shortcut for --set output_dir=...")
-    p.add_argument("--data-dir", default=None, help="shortcut for --set data.data_dir=...")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_config_arguments(p, TrainConfig, flags=["output_dir", "data.data_dir"], default_config=default_config_path())
     p.set_defaults(func=run_train)
 
     s = sub.add_parser("score", help="score (prompt, response) pairs with a saved model")
@@ -41,24 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--risk", action="append", default=[], help="risk measure, e.g. cvar:alpha=0.1, exp_utility:lam=2")
     s.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     s.set_defaults(func=run_score)
-
-
-def config_from_args(cls, args: argparse.Namespace, default_path: str):
-    """``--config`` (or the embedded default) + ``--set`` + the --output-dir/--data-dir shortcuts;
-    with ``--print-config`` the resolved config is printed (the caller then returns)."""
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir}")
-    cfg = load_config(cls, args.config or default_path, overrides)
-    if args.print_config:
-        import dataclasses
-
-        import yaml
-
-        print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    return cfg
 
 
 def run_train(args: argparse.Namespace) -> int:

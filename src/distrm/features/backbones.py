@@ -4,9 +4,15 @@
   model's chat template. Reward feature = last-layer hidden state at the last token of
   (prompt + response); prompt feature = hidden state at the last token of the prompt
   rendered with the assistant header (``add_generation_prompt=True``), i.e. where the
-  assistant turn starts -- as QRM's released model does. Both come from ONE forward pass:
-  the token ids are ``tok(prompt_text) + tok(rest_of_full_text)`` so the prompt is an
-  exact prefix and causal attention makes its last hidden state prompt-only.
+  assistant turn starts (``prompt_token="after_header"``, the default). Both come from ONE
+  forward pass: the token ids are ``tok(prompt_text) + tok(rest_of_full_text)`` so the prompt
+  is an exact prefix and causal attention makes its last hidden state prompt-only.
+  The released QRM / ArmoRM models gate on the token *before* the assistant header (the
+  ``<|eot_id|>`` that ends the last user turn: their ``find_token_for_gating`` returns the
+  start of ``<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n``), i.e. the last
+  token of the prompt rendered *without* the header: ``prompt_token="before_header"``, which
+  models converted by :mod:`distrm.models.convert` record so they score like the originals.
+  A non-default rule is part of the backbone identity (caches never mix the two).
 * Encoders (MiniLM): mean pooling over non-pad tokens of the pair encoding
   (prompt, response), and of the prompt alone.
 
@@ -54,6 +60,9 @@ ALIASES = {
 # what a backbone named by Hub id needs (no pickle checkpoints, no ONNX/GGUF copies)
 BACKBONE_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 FEATURE_VERSION = "1"  # bump when the feature definition changes (invalidates caches)
+# which token's hidden state is a causal LM's prompt feature (see the module docstring)
+PROMPT_TOKENS = ("after_header", "before_header")
+DEFAULT_PROMPT_TOKEN = "after_header"
 
 
 def cache_home() -> Path:
@@ -143,6 +152,21 @@ def _fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def feature_identity(name: str, path: str | Path, kind: str, max_length: int, dtype: torch.dtype,
+                     revision: str | None = None, prompt_token: str = DEFAULT_PROMPT_TOKEN) -> str:
+    """The identity string of the features a backbone folder gives (what a model records and
+    :func:`load_for_heads` checks), computed from the folder without loading the weights."""
+    # the name part is what a user can pass again anywhere (alias or Hub id); a local folder
+    # is known by its content alone, so a copied or bundled backbone keeps its identity
+    label = name if (name in ALIASES or revision) else "local"
+    identity = f"{label}|{_fingerprint(str(path))}|{kind}|len{max_length}|v{FEATURE_VERSION}"
+    if dtype != torch.float32:  # other precisions give other features: never share a cache
+        identity += f"|{dtype_name(dtype)}"
+    if prompt_token != DEFAULT_PROMPT_TOKEN:  # another prompt feature: never share a cache
+        identity += f"|prompt@{prompt_token}"
+    return identity
+
+
 def render_prompt_text(prompt: Prompt) -> str:
     """Plain text of a prompt for encoders (chat turns as 'role: content' lines)."""
     if isinstance(prompt, str):
@@ -225,19 +249,18 @@ class Backbone:
         device: torch.device,
         dtype: torch.dtype,
         max_batch_tokens: int | None = None,
+        prompt_token: str = DEFAULT_PROMPT_TOKEN,
     ):
+        if prompt_token not in PROMPT_TOKENS:
+            raise ValueError(f"prompt_token must be one of {list(PROMPT_TOKENS)}, got {prompt_token!r}")
         self.name, self.model, self.tokenizer, self.kind = name, model, tokenizer, kind
         self.max_length, self.device, self.dtype = max_length, device, dtype
         self.max_batch_tokens = max_batch_tokens
+        self.prompt_token = prompt_token
         self.hidden_size = int(model.config.hidden_size)
         path = getattr(model, "name_or_path", None) or name
         self.revision = commit_of(Path(path))  # the Hub commit, for a backbone named by Hub id
-        # the name part is what a user can pass again anywhere (alias or Hub id); a local folder
-        # is known by its content alone, so a copied or bundled backbone keeps its identity
-        label = name if (name in ALIASES or self.revision) else "local"
-        self.identity = f"{label}|{_fingerprint(str(path))}|{kind}|len{max_length}|v{FEATURE_VERSION}"
-        if dtype != torch.float32:  # other precisions give other features: never share a cache
-            self.identity += f"|{dtype_name(dtype)}"
+        self.identity = feature_identity(name, path, kind, max_length, dtype, self.revision, prompt_token)
 
     @classmethod
     def from_pretrained(
@@ -249,6 +272,7 @@ class Backbone:
         random_weights: bool = False,
         max_batch_tokens: int | None | str = "auto",
         revision: str | None = None,
+        prompt_token: str = DEFAULT_PROMPT_TOKEN,
     ) -> "Backbone":
         """Load a backbone by alias (``minilm``, ``smollm2-135m``, ``gemma3-270m``), Hugging Face
         name or local path. ``random_weights`` builds the architecture with ``from_config``
@@ -258,7 +282,9 @@ class Backbone:
         a CPU with AMX (Sapphire Rapids and later) is ~2.5-3.5x faster and is recorded in the
         identity, so bf16 and fp32 features never share a cache entry.
         ``max_batch_tokens``: cap on padded tokens per batch ("auto": 1024 on CPU, where a long
-        padded batch costs more than it saves, none on GPU)."""
+        padded batch costs more than it saves, none on GPU).
+        ``prompt_token``: which token's hidden state is a causal LM's prompt feature
+        (``"after_header"``: distrm's default; ``"before_header"``: the released QRM/ArmoRM rule)."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve_model_dir(name_or_path)
@@ -291,11 +317,24 @@ class Backbone:
                 tok.chat_template = read_chat_template(ALIAS_CHAT_TEMPLATES[name_or_path])
             if not tok.chat_template:
                 raise ValueError(f"causal backbone {name_or_path!r} has no chat template")
-        return cls(name_or_path, model, tok, kind, max_length, dev, dt, max_batch_tokens)
+        return cls(name_or_path, model, tok, kind, max_length, dev, dt, max_batch_tokens, prompt_token)
 
     # ------------------------------------------------------------------ tokenisation
+    def _prompt_last(self, msgs: list[dict[str, str]], p_text: str, p_ids: list[int]) -> int:
+        """Index in ``p_ids`` (the prompt with the assistant header) of the prompt-feature token:
+        its last token, or with ``prompt_token="before_header"`` the last token before the
+        header (the prompt rendered without it must be a token prefix; else an error)."""
+        if self.prompt_token == DEFAULT_PROMPT_TOKEN:
+            return len(p_ids) - 1
+        p0_text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+        p0_ids = self.tokenizer(p0_text, add_special_tokens=False)["input_ids"]
+        if not p0_ids or not p_text.startswith(p0_text) or p_ids[: len(p0_ids)] != p0_ids:
+            raise ValueError(f"prompt_token='before_header': the chat template of {self.name!r} does not render the "
+                             "prompt without the assistant header as a token prefix of the prompt with it")
+        return len(p0_ids) - 1
+
     def _causal_ids(self, prompt: Prompt, response: str) -> tuple[list[int], int, bool]:
-        """(ids, index of the prompt's last token or -1 if cut, truncated?)"""
+        """(ids, index of the prompt-feature token or -1 if cut, truncated?)"""
         msgs = as_messages(prompt)
         p_text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         f_text = self.tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
@@ -310,10 +349,12 @@ class Backbone:
         cut = max(0, len(ids) - self.max_length)
         # a cut prompt would make the prompt feature depend on the response length: then the
         # prompt feature comes from a prompt-only pass instead (-1)
-        return ids[cut:], (len(p_ids) - 1 if cut == 0 else -1), cut > 0
+        return ids[cut:], (self._prompt_last(msgs, p_text, p_ids) if cut == 0 else -1), cut > 0
 
     def _causal_prompt_ids(self, prompt: Prompt) -> list[int]:
-        text = self.tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+        """The prompt-only pass: its last token is the prompt-feature token."""
+        text = self.tokenizer.apply_chat_template(as_messages(prompt), tokenize=False,
+                                                  add_generation_prompt=self.prompt_token == DEFAULT_PROMPT_TOKEN)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"][-self.max_length:]
 
     # ------------------------------------------------------------------ forward
@@ -402,15 +443,16 @@ class Backbone:
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "hidden_size": self.hidden_size, "identity": self.identity,
+                "prompt_token": self.prompt_token,
                 "max_length": self.max_length, "device": str(self.device), "dtype": str(self.dtype)}
 
 
 def load_for_heads(name: str, max_length: int, identity: str | None, dtype: str | None = None,
-                   revision: str | None = None) -> Backbone:
+                   revision: str | None = None, prompt_token: str = DEFAULT_PROMPT_TOKEN) -> Backbone:
     """Load the backbone a saved head was trained on (at the recorded Hub revision), refusing
     one whose features would differ (other weights, pooling, max_length or precision than
     recorded in the model's config)."""
-    bb = Backbone.from_pretrained(name, max_length=max_length, dtype=dtype, revision=revision)
+    bb = Backbone.from_pretrained(name, max_length=max_length, dtype=dtype, revision=revision, prompt_token=prompt_token)
     if identity and bb.identity != identity:
         raise ValueError(
             f"backbone {name!r} now has identity {bb.identity!r}, but the heads were trained on {identity!r}: "

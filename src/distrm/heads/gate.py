@@ -12,8 +12,10 @@ rewards that live on the [0, 1] attribute scale and does not change any ranking.
 Because the mixture's mean is linear in the attribute means, training only needs the
 per-attribute means of chosen and rejected: heads are evaluated once, not per step.
 
-Architecture as in QRM's released model / ArmoRM: ``n_hidden`` x [Linear(no bias) ->
-ReLU -> BatchNorm1d (or Dropout)] -> Linear -> softmax(logits / temperature).
+Architecture as in QRM's released model: ``n_hidden`` x [Linear(no bias) -> ReLU ->
+BatchNorm1d (or Dropout)] -> Linear -> softmax(logits / temperature). ArmoRM's released gate
+is ``n_hidden`` x [Linear(with bias) -> ReLU] -> Linear: ``batch_norm=False, hidden_bias=True``
+(used by models imported with :mod:`distrm.models.convert`).
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ class GatingNetwork(nn.Module):
         temperature: float = 5.0,
         dropout: float = 0.0,
         batch_norm: bool = True,
+        hidden_bias: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         d = in_dim
         for _ in range(n_hidden):
-            layers += [nn.Linear(d, hidden, bias=False), nn.ReLU()]
+            layers += [nn.Linear(d, hidden, bias=hidden_bias), nn.ReLU()]
             layers.append(nn.BatchNorm1d(hidden) if batch_norm else nn.Identity())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))

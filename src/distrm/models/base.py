@@ -204,7 +204,7 @@ def verify_manifest(path: Path) -> None:
 
 def resolve_backbone_ref(name: str, model_dir: Path | None) -> str:
     """A backbone recorded relative to the model folder (``./backbone``, ``../tuned``) -> a path."""
-    if model_dir is not None and name.startswith(("./", "../")):
+    if model_dir is not None and (name in (".", "..") or name.startswith(("./", "../"))):
         return str((model_dir / name).resolve())
     return name
 
@@ -271,7 +271,8 @@ class RewardModel:
 
             c = self.config
             self._backbone = load_for_heads(resolve_backbone_ref(c.backbone, self._model_dir), c.backbone_max_length,
-                                            c.backbone_identity, c.backbone_dtype, getattr(c, "backbone_revision", None))
+                                            c.backbone_identity, c.backbone_dtype, getattr(c, "backbone_revision", None),
+                                            getattr(c, "backbone_prompt_token", "after_header"))
         return self._backbone
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 32) -> ScoreOutput:
@@ -339,7 +340,12 @@ class RewardModel:
             return f"./{BUNDLED_BACKBONE}"
         if name in ALIASES or is_hub_id(name) or not Path(name).is_dir():
             return name
+        # relative when the backbone sits inside or next to the model folder (they move together:
+        # finetune-backbone's OUT/reward_model -> ".."); absolute otherwise (a copied folder still
+        # finds a backbone elsewhere on this machine); bundle it for another machine
         rel = os.path.relpath(Path(name).resolve(), path.resolve())
+        if Path(rel).parts[:2] == ("..", ".."):
+            return str(Path(name).resolve())
         return rel if rel.startswith("..") else f"./{rel}"
 
     @classmethod

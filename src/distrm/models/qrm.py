@@ -41,6 +41,9 @@ class ModelConfig:
     gate_hidden: int = 1024
     gate_n_hidden: int = 3
     gate_temperature: float = 5.0
+    gate_batch_norm: bool = True  # False + gate_hidden_bias: ArmoRM's released gate (distrm.models.convert)
+    gate_hidden_bias: bool = False
+    gate_dropout: float = 0.0  # a Dropout layer after each hidden block (inactive when scoring; kept so the layer names match)
     fixed_weights: list[float] | None = None
     debias_source: str | None = "length"  # None, "length" or an attribute name
     mix: str = "quantile_average"
@@ -48,6 +51,9 @@ class ModelConfig:
     backbone_max_length: int = 512
     backbone_dtype: str | None = None  # None: the device default (fp32 on CPU, bf16 on GPU)
     backbone_revision: str | None = None  # commit hash of a Hub backbone
+    # prompt-feature token of a causal backbone: "after_header" (distrm) or "before_header"
+    # (the released QRM/ArmoRM gating token; see distrm.features.backbones)
+    backbone_prompt_token: str = "after_header"
     scales: dict[str, list[float]] = field(default_factory=dict)  # attribute -> [low, high]
     model_type: str = MODEL_TYPE
     distrm_version: str = __version__
@@ -194,7 +200,9 @@ class DistributionalRewardModel(RewardModel):
             check_shape(where, "debias", debias, (M,))
         gate = None
         if config.gate == "learned":
-            gate = GatingNetwork(config.feature_dim, M, config.gate_hidden, config.gate_n_hidden, config.gate_temperature)
+            gate = GatingNetwork(config.feature_dim, M, config.gate_hidden, config.gate_n_hidden, config.gate_temperature,
+                                 dropout=config.gate_dropout, batch_norm=config.gate_batch_norm,
+                                 hidden_bias=config.gate_hidden_bias)
             state = {k[len("gate."):]: v for k, v in tensors.items() if k.startswith("gate.")}
             try:
                 gate.load_state_dict(state)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from distrm.config import load_config
+from distrm.config import LoraSettings, load_config
 from distrm.rl.prompts import load_prompts
 from distrm.rl.rewards import TAIL_LEVELS, DistributionalRewardFunction
 
@@ -62,14 +62,6 @@ class KLConfig:
 
 
 @dataclass
-class LoraSettings:
-    r: int = 32
-    alpha: int = 64
-    dropout: float = 0.05
-    target_modules: Any = "all-linear"
-
-
-@dataclass
 class EvalConfig:
     every: int = 0  # steps between held-out evaluations (0: only before and after training)
     samples_per_prompt: int = 1
@@ -90,7 +82,7 @@ class RLOORunConfig:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     kl: KLConfig = field(default_factory=KLConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=32, alpha=64))  # r=32, alpha=64 unless set
     eval: EvalConfig = field(default_factory=EvalConfig)
     # passed to trl.RLOOConfig as is (beta, num_generations, max_completion_length, learning_rate, ...)
     trainer: dict[str, Any] = field(default_factory=dict)

@@ -51,6 +51,7 @@ from distrm.distribution import RewardDistribution
 from distrm.risk import RISK_MEASURES, parse_risk
 from distrm.models.base import RewardModel, ScoreOutput
 from distrm.serve.batching import DynamicBatcher, ItemFailed, Overloaded
+from distrm.serve.config import ServeConfig
 from distrm.serve.limits import BodySizeLimit, Limits
 
 log = logging.getLogger("distrm.serve")
@@ -164,37 +165,6 @@ class RewardResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: Any
-
-
-# ---------------------------------------------------------------------- config
-@dataclass
-class ServeConfig:
-    """How the server batches and what it answers.
-
-    Attributes:
-        max_batch: most items per backbone call (1 = batching off).
-        max_wait_ms: longest an item waits for batch-mates.
-        limits: request limits (:class:`Limits`).
-        token: bearer token required on every endpoint but /health (None = no auth).
-        reward_risk: the scalar ``/get_reward`` returns (a risk spec, default the mean).
-        error_reward: what ``/get_reward`` puts in ``rewards`` for a failed item in
-            non-strict mode; None leaves null (OpenRLHF cannot take null: set a number, or
-            send ``strict``).
-        strip: strings removed from the ends of OpenRLHF responses (the policy's pad / eos
-            tokens, e.g. ``"<|endoftext|>"``), as OpenRLHF's own server strips pad and eos.
-        threads: torch intra-op threads for the model (None = torch's default).
-        warmup: score one pair at start so the first request does not pay for loading.
-    """
-
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
-    limits: Limits = field(default_factory=Limits)
-    token: str | None = None
-    reward_risk: str = "mean"
-    error_reward: float | None = None
-    strip: tuple[str, ...] = ()
-    threads: int | None = None
-    warmup: bool = True
 
 
 Pair = tuple[Any, str]  # (prompt: str | list[message dicts], response)
@@ -642,11 +612,11 @@ def _strip(text: str, tokens: Sequence[str]) -> str:
     return text
 
 
-def load_app(model_dir: str, config: ServeConfig | None = None) -> FastAPI:
-    """``create_app`` for a saved model directory."""
+def load_app(model_dir: str, config: ServeConfig | None = None, revision: str | None = None) -> FastAPI:
+    """``create_app`` for a saved model folder or Hub id (any model type)."""
     from distrm.models.auto import AutoRewardModel
 
-    return create_app(AutoRewardModel.from_pretrained(model_dir), config)
+    return create_app(AutoRewardModel.from_pretrained(model_dir, revision=revision), config)
 
 
 def token_from_env() -> str | None:

@@ -8,7 +8,7 @@ sees the body after it was read whole, which is exactly what a size limit must p
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal
 
 from starlette.exceptions import HTTPException
@@ -42,7 +42,7 @@ class Limits:
     on_too_long: OnTooLong = "truncate"
     max_messages: int = 256
     max_risks: int = 16
-    request_timeout_s: float = 60.0
+    request_timeout_s: float = field(default=60.0, metadata={"flag": "--timeout"})
     max_queue_items: int = 4096
 
     def __post_init__(self) -> None:

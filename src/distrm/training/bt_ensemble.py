@@ -76,6 +76,7 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
         heads,
         backbone=bc.name,
         backbone_identity=getattr(backbone, "identity", None),
+        backbone_revision=getattr(backbone, "revision", None),
         backbone_max_length=bc.max_length,
         backbone_dtype=bc.dtype,
         training={**dataclasses.asdict(ec), "l2": l2, "n_pairs": len(pairs)},

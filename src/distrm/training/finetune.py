@@ -24,13 +24,19 @@ Pipeline (each step small and checkable):
    overall score, PKU's is_safe -- else 0, counted). TRL's loss is
    ``-logsigmoid(r_c - r_r - margin) + center_rewards_coefficient * mean((r_c + r_r)^2)``.
 4. Train: ``AutoModelForSequenceClassification`` (num_labels=1, the score head starts random)
-   + ``peft.LoraConfig`` (score head in ``modules_to_save``) or full fine-tuning.
+   + ``peft.LoraConfig`` (score head in ``modules_to_save``) or full fine-tuning, with TRL's
+   ``RewardTrainer``; the config's ``trainer:`` section is ``trl.RewardConfig``'s options, passed
+   as is (checked against its fields when the config loads), so checkpoints, resuming, reporting,
+   DeepSpeed/FSDP and the rest work as TRL / transformers define them.
 5. Save: LoRA merged (``merge_and_unload``), the transformer body copied into the base
    *causal LM* (so ``Backbone.from_pretrained(out)``, the feature store, ``distrm train
    backbone.name=<out>``, ensembles and the server load it like any other backbone), tokenizer
    with its chat template, the score head (``reward_head.safetensors`` + ``.json``), a
-   one-member ensemble reward model in ``reward_model/`` (servable as is), and
-   ``distrm_finetune.json`` (config, data counts, train/eval metrics, merge check).
+   one-member ensemble reward model in ``reward_model/`` (servable as is; its backbone is
+   recorded as ``..``, so the whole folder can move), the standard
+   ``AutoModelForSequenceClassification`` checkpoint in ``seq_cls/`` (what TRL, OpenRLHF and
+   RewardBench load), and ``distrm_finetune.json`` (config, data counts, train/eval metrics,
+   merge check). Only the main process of a multi-process run saves.
    ``config.json`` carries ``distrm_reward_tuned`` with a hash of the weights, so the
    backbone's identity (fingerprint) differs from the raw model's and caches never mix.
 """
@@ -40,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -49,7 +56,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from distrm.config import DataConfig
+from distrm.config import DataConfig, LoraSettings
 
 HEAD_NAME = "reward_head.safetensors"
 HEAD_CONFIG = "reward_head.json"
@@ -57,20 +64,14 @@ LOG_NAME = "distrm_finetune.json"
 
 
 @dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"  # peft's "all-linear" or module names (q_proj, v_proj, ...)
-
-
-@dataclass
 class FinetuneConfig:
-    """Everything ``distrm finetune-backbone`` needs; YAML + ``--set key=value`` like TrainConfig."""
+    """Everything ``distrm finetune-backbone`` needs; YAML + ``--set key=value`` like TrainConfig.
+    distrm's own settings are fields; the trainer's are the ``trainer:`` section, handed to
+    ``trl.RewardConfig`` as is (so every TRL / transformers option works as they define it)."""
 
     base_model: str = "smollm2-135m"  # alias (smollm2-135m, gemma3-270m), HF causal LM name or local dir
     output_dir: str = "runs/rm-smollm2-135m"
-    seed: int = 0
+    seed: int = 0  # pair sampling, score-head init and TRL's seed (RewardConfig.seed is set from it)
     method: Literal["lora", "full"] = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataConfig = field(default_factory=lambda: DataConfig(rated=[], pairs=["default"]))
@@ -79,34 +80,108 @@ class FinetuneConfig:
     margin: Literal["none", "constant", "score_gap"] = "none"
     margin_value: float = 0.0  # margin: constant
     margin_scale: float = 1.0  # margin: score_gap -> scale x (score_chosen - score_rejected), scores in [0, 1]
-    center_rewards_coefficient: float | None = None  # TRL; 0.01 recommended by its docs
+    # tokens per response: distrm's tokenisation and RewardConfig.max_length (set from it), and
+    # the saved backbone's max_length
     max_length: int = 384
     truncation: Literal["left", "filter"] = "left"
-    learning_rate: float = 1e-4
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03  # share of the steps (passed as warmup_steps < 1, transformers 5)
-    weight_decay: float = 0.0
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs (tests, smoke runs)
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    bf16: bool | None = None  # None: on for CUDA with bf16 and for CPUs with AMX-bf16; else off
-    gradient_checkpointing: bool = False  # TRL's default is on; off is faster when memory allows
-    logging_steps: int = 10
-    eval_steps: int | None = None  # None: evaluate once at the end
     chat_template: str | None = None  # Jinja file used when the tokenizer has none (the Gemma-3 GGUF ships none)
-    device: str | None = None  # None: cuda if available
+    device: str | None = None  # None: cuda (this process's LOCAL_RANK GPU) if available, else cpu
     save_dtype: Literal["float32", "bfloat16"] = "float32"
     merge_check_pairs: int = 8  # pairs scored by the peft, merged and reloaded model (equivalence check)
-    progress: bool = True
+    # passed to trl.RewardConfig(**trainer) (TrainingArguments' options included: learning_rate,
+    # per_device_train_batch_size, max_steps, warmup_steps, report_to, save_strategy, save_steps,
+    # resume_from_checkpoint, deepspeed, fsdp, bf16, activation_checkpointing, ...); keys and types
+    # are checked when the config loads. Unset keys take TRL's defaults, except: output_dir
+    # <output_dir>/trainer, use_cpu when the device is a CPU, bf16 null/unset = on for bf16 GPUs and
+    # AMX-bf16 CPUs; seed and max_length come from the fields above
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # names and types of trainer keys, checked when the config loads
+        self.trainer = trainer_options(self.trainer)
+
+
+# RewardConfig options that distrm sets from its own fields (it uses the values too)
+TRAINER_OWNED = {"seed": "seed", "max_length": "max_length", "chat_template_path": "chat_template"}
+# renamed or removed options that old configs (and habits) still use
+TRAINER_RENAMED = {"warmup_ratio": "warmup_steps (transformers 5: a value < 1 is a share of the total steps)",
+                   "evaluation_strategy": "eval_strategy", "progress": "disable_tqdm"}  # fmt: skip
+# YAML types more permissive than RewardConfig's annotation (what Trainer.train itself accepts)
+TRAINER_TYPES: dict[str, Any] = {"resume_from_checkpoint": bool | str | None}
+
+
+def trainer_options(raw: dict[str, Any] | None, where: str = "trainer") -> dict[str, Any]:
+    """The ``trainer:`` section checked against ``trl.RewardConfig``'s dataclass fields: an unknown
+    key is an error naming it (with close matches), a value is coerced to the field's annotated
+    type like any config value (YAML's ``1e-4`` text is a number; YAML 1.1's bare ``no`` -- read
+    as false -- is "no" again for a string option such as ``save_strategy``). Values a field's
+    type does not pin down (enums, paths, dicts) are checked by :func:`validate`, which builds the
+    ``RewardConfig`` once without training."""
+    import difflib
+    import typing
+
+    from trl import RewardConfig
+
+    from distrm.config import coerce
+
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping of trl.RewardConfig options, got {raw!r}")
+    fields = {f.name for f in dataclasses.fields(RewardConfig) if f.init}
+    hints = typing.get_type_hints(RewardConfig)
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in TRAINER_OWNED:
+            raise ValueError(f"{where}.{k}: set by distrm from its own field {TRAINER_OWNED[k]!r} (distrm uses the value "
+                             f"too): give {TRAINER_OWNED[k]}: ... at the top level")  # fmt: skip
+        if k not in fields:
+            hint = TRAINER_RENAMED.get(k) or " or ".join(difflib.get_close_matches(str(k), sorted(fields), n=3, cutoff=0.6))
+            raise ValueError(f"{where}.{k}: not an option of trl.RewardConfig (transformers TrainingArguments included)"
+                             + (f"; did you mean {hint}?" if hint else ""))  # fmt: skip
+        tp = TRAINER_TYPES.get(k, hints[k])
+        if isinstance(v, bool) and not v and _takes_str_not_bool(tp):
+            v = "no"
+        out[k] = coerce(v, tp, f"{where}.{k}")
+    return out
+
+
+def _takes_str_not_bool(tp: Any) -> bool:
+    import types
+    import typing
+
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return str in args and bool not in args
+
+
+def resolve_device(cfg: FinetuneConfig) -> torch.device:
+    """``device`` or, unset, this process's GPU (``LOCAL_RANK`` under torchrun / accelerate) or the CPU."""
+    if cfg.device:
+        return torch.device(cfg.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def trainer_kwargs(cfg: FinetuneConfig, device: torch.device, has_eval: bool) -> dict[str, Any]:
+    """``trl.RewardConfig`` keyword arguments: the ``trainer:`` section + what distrm sets (see
+    ``FinetuneConfig.trainer``). Without holdout pairs, evaluation during training is turned off."""
+    kw = dict(cfg.trainer)
+    kw.setdefault("output_dir", str(Path(cfg.output_dir) / "trainer"))
+    kw["seed"] = cfg.seed
+    kw["max_length"] = cfg.max_length
+    if kw.get("bf16") is None:
+        kw["bf16"] = False if kw.get("fp16") else resolve_bf16(device)
+    kw.setdefault("use_cpu", device.type == "cpu")
+    if not has_eval and str(kw.get("eval_strategy", "no")) != "no":  # TRL would refuse: nothing to evaluate on
+        kw["eval_strategy"] = "no"
+    return kw
 
 
 def validate(cfg: FinetuneConfig) -> None:
     """Clear errors for bad values before any model is loaded. Types and choices go through the
     config system's own check (:func:`distrm.config.from_dict`, which also turns YAML's ``5e-3``
     text into a number), so a config built in Python is checked like one read from YAML; the
-    ranges are checked here."""
-    import dataclasses
+    ranges are checked here, and the ``trainer:`` section by building ``trl.RewardConfig`` from it
+    once (a dry run: nothing is trained, loaded or written)."""
+    from trl import RewardConfig
 
     from distrm.config import from_dict
 
@@ -115,19 +190,51 @@ def validate(cfg: FinetuneConfig) -> None:
         setattr(cfg, f.name, getattr(typed, f.name))
     checks = [
         (isinstance(cfg.max_length, int) and cfg.max_length >= 16, f"max_length must be an int >= 16, got {cfg.max_length!r}"),
-        (0.0 <= cfg.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}"),
-        (cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}"),
-        (cfg.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1"),
-        (cfg.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
-        (cfg.num_train_epochs > 0 or cfg.max_steps > 0, "num_train_epochs or max_steps must be > 0"),
         (0.0 <= cfg.holdout_fraction < 0.5, f"holdout_fraction must be in [0, 0.5), got {cfg.holdout_fraction}"),
         (cfg.max_pairs is None or cfg.max_pairs >= 2, f"max_pairs must be >= 2 or null, got {cfg.max_pairs}"),
         (cfg.lora.r >= 1 and cfg.lora.alpha > 0, f"lora.r must be >= 1 and lora.alpha > 0, got {cfg.lora.r}/{cfg.lora.alpha}"),
-        (cfg.center_rewards_coefficient is None or cfg.center_rewards_coefficient >= 0, "center_rewards_coefficient must be >= 0"),
-    ]
+    ]  # fmt: skip
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
+    try:
+        RewardConfig(**trainer_kwargs(cfg, resolve_device(cfg), has_eval=cfg.holdout_fraction > 0))
+    except (ValueError, TypeError, ImportError) as e:
+        raise ValueError(f"trainer: trl.RewardConfig refuses these options: {e}") from None
+
+
+LEGACY_TRAINER_KEYS = ("learning_rate", "lr_scheduler_type", "weight_decay", "num_train_epochs", "max_steps",
+                       "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "logging_steps",
+                       "center_rewards_coefficient")  # fmt: skip
+
+
+def upgrade_legacy_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A finetune config dict from before the ``trainer:`` section (e.g. the ``config`` of an older
+    ``distrm_finetune.json``) in today's shape: the re-declared RewardConfig fields move under
+    ``trainer`` (``warmup_ratio`` -> ``warmup_steps``, ``gradient_checkpointing`` ->
+    ``activation_checkpointing``, ``eval_steps`` -> ``eval_strategy``/``eval_steps``,
+    ``progress`` -> ``disable_tqdm``) and the old fixed ``save_strategy: no``/``report_to: none``
+    are made explicit. A dict already in today's shape is returned unchanged (a copy)."""
+    raw = dict(raw)
+    if "trainer" in raw:
+        return raw
+    tr: dict[str, Any] = {"save_strategy": "no", "report_to": "none"}
+    for k in LEGACY_TRAINER_KEYS:
+        if k in raw:
+            tr[k] = raw.pop(k)
+    if "per_device_train_batch_size" in tr:
+        tr["per_device_eval_batch_size"] = tr["per_device_train_batch_size"]
+    if "warmup_ratio" in raw:
+        tr["warmup_steps"] = raw.pop("warmup_ratio")
+    if "gradient_checkpointing" in raw:
+        tr["activation_checkpointing"] = raw.pop("gradient_checkpointing")
+    if "eval_steps" in raw:
+        steps = raw.pop("eval_steps")
+        tr.update({"eval_strategy": "steps", "eval_steps": steps} if steps else {"eval_strategy": "no"})
+    if "progress" in raw:
+        tr["disable_tqdm"] = not raw.pop("progress")
+    raw["trainer"] = tr
+    return raw
 
 
 # ============================================================================ data
@@ -247,9 +354,8 @@ def cpu_has_amx_bf16() -> bool:
         return False
 
 
-def resolve_bf16(cfg: FinetuneConfig, device: torch.device) -> bool:
-    if cfg.bf16 is not None:
-        return bool(cfg.bf16)
+def resolve_bf16(device: torch.device) -> bool:
+    """distrm's default for ``trainer.bf16`` (unset or null): on for bf16 GPUs and AMX-bf16 CPUs."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return cpu_has_amx_bf16()
@@ -327,41 +433,66 @@ def load_head(path: str | Path) -> torch.Tensor:
     return load_file(str(p))["weight"]
 
 
-def _trl_config(cfg: FinetuneConfig, out: Path, bf16: bool, use_cpu: bool, has_eval: bool):
-    from trl import RewardConfig
+SEQCLS_DIR = "seq_cls"
 
-    return RewardConfig(
-        output_dir=str(out / "trainer"),
-        seed=cfg.seed,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        bf16=bf16,
-        use_cpu=use_cpu,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        max_length=cfg.max_length,
-        center_rewards_coefficient=cfg.center_rewards_coefficient,
-        logging_steps=cfg.logging_steps,
-        eval_strategy=("steps" if cfg.eval_steps else "no") if has_eval else "no",
-        eval_steps=cfg.eval_steps,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=not cfg.progress,
-        dataloader_num_workers=0,
-    )
+
+def save_seqcls(dst: Path, merged, tokenizer, info: dict[str, Any], save_dtype: str) -> None:
+    """The merged model as the standard ``AutoModelForSequenceClassification`` checkpoint
+    (num_labels=1, the trained score head, ``pad_token_id`` set -- the classifier reads the
+    score at the last non-pad token -- safetensors, tokenizer with its chat template): what TRL,
+    OpenRLHF and RewardBench load as is. Converts ``merged`` to ``save_dtype`` in place."""
+    if int(merged.config.num_labels) != 1:
+        raise ValueError(f"expected a 1-output score head, got num_labels={merged.config.num_labels}")
+    merged.config.pad_token_id = tokenizer.pad_token_id
+    if hasattr(merged.config, "get_text_config"):
+        merged.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+    merged.config.distrm_reward_tuned = info
+    merged.to(torch.bfloat16 if save_dtype == "bfloat16" else torch.float32)
+    merged.save_pretrained(dst, safe_serialization=True)
+    tokenizer.save_pretrained(dst)
+
+
+def is_sharded(trainer) -> bool:
+    """Parameters split across processes (FSDP, DeepSpeed ZeRO-3): no process holds the whole model."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if getattr(trainer, "is_deepspeed_enabled", False) else None
+    return plugin is not None and int(getattr(plugin, "zero_stage", 0) or 0) == 3
+
+
+def rebuild_trained(state: dict[str, torch.Tensor], base_path: str, peft_config, device: torch.device):
+    """A whole copy of the trained (peft or plain) classifier from its full state dict."""
+    model = load_seqcls(base_path, torch.device("cpu"))
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    return model.to(device).eval()
+
+
+def trained_model(trainer, base_path: str, peft_config, device: torch.device):
+    """The trained classifier, whole and without accelerate's autocast wrapper, on the main
+    process (None on the others). Sharded runs gather the full state dict (every process takes
+    part; DeepSpeed ZeRO-3 needs ``stage3_gather_16bit_weights_on_model_save``) into a copy."""
+    acc = trainer.accelerator
+    if not is_sharded(trainer):
+        if not trainer.is_world_process_zero():
+            return None
+        return acc.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
+    state = acc.get_state_dict(trainer.model)
+    if not trainer.is_world_process_zero():
+        return None
+    return rebuild_trained(state, base_path, peft_config, device)
 
 
 # ============================================================================ entry point
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Run the whole pipeline (module docstring); returns what ``distrm_finetune.json`` holds."""
+    """Run the whole pipeline (module docstring); returns what ``distrm_finetune.json`` holds.
+    In a multi-process run (torchrun / accelerate) every process trains; only the main one
+    merges, checks and saves, the others wait for it."""
     from transformers import AutoTokenizer
-    from trl import RewardTrainer
+    from trl import RewardConfig, RewardTrainer
 
     from distrm.features.backbones import Backbone, read_chat_template, resolve_model_dir
 
@@ -369,9 +500,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     t_all = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    bf16 = resolve_bf16(cfg, device)
-    log: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(device), "bf16": bf16, "timings_s": {}}
+    device = resolve_device(cfg)
+    log: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(device), "timings_s": {}}
 
     t0 = time.perf_counter()
     train_pairs, holdout_pairs, log["data"] = load_pairs(cfg)
@@ -410,7 +540,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules, modules_to_save=["score"],
         )  # fmt: skip
-    args = _trl_config(cfg, out, bf16, device.type == "cpu", eval_ds is not None)
+    targs = trainer_kwargs(cfg, device, eval_ds is not None)
+    if targs.get("eval_strategy") != cfg.trainer.get("eval_strategy", targs.get("eval_strategy")):
+        print(f"note: no holdout pairs, so trainer.eval_strategy={cfg.trainer['eval_strategy']!r} is turned off")
+    log["trainer_args"] = targs
+    log["bf16"] = bool(targs["bf16"])
+    args = RewardConfig(**targs)
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
                             peft_config=peft_config)  # fmt: skip
     n_used = len(trainer.train_dataset)
@@ -419,7 +554,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if n_used == 0:
         raise ValueError(f"every training pair is longer than max_length={cfg.max_length} (truncation: filter); raise it")
     t0 = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
     log["timings_s"]["train"] = time.perf_counter() - t0
     log["train"] = {**result.metrics, "global_step": trainer.state.global_step,
                     "history": [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]}  # fmt: skip
@@ -429,10 +564,33 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         log["timings_s"]["eval"] = time.perf_counter() - t0
         print(f"holdout (train split) accuracy: {log['eval_holdout'].get('eval_accuracy', float('nan')):.3f}")
 
-    # ---- merge, check, save
+    # ---- merge, check, save: the main process only (the others wait at the end)
     t0 = time.perf_counter()
-    # without accelerate's bf16 autocast wrapper: the check compares fp32 scores
-    trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
+    trained = trained_model(trainer, base_path, peft_config, device)  # collective when the parameters are sharded
+    if trained is not None:
+        save_all(cfg, out, log, trained, tok, bb, train_pairs, base_path, device)
+        log["timings_s"]["save"] = time.perf_counter() - t0
+        log["timings_s"]["total"] = time.perf_counter() - t_all
+        (out / LOG_NAME).write_text(json.dumps(log, indent=2, default=str) + "\n", encoding="utf-8")
+        mc = log["merge_check"]
+        print(f"merge check: |peft - merged| <= {mc['max_abs_peft_vs_merged']:.2e}, |peft - reloaded backbone + head| <= "
+              f"{mc['max_abs_peft_vs_reloaded_backbone']:.2e}, |peft - {SEQCLS_DIR}| <= {mc['max_abs_peft_vs_seq_cls']:.2e} "
+              f"(score range {mc['score_range']:.2f})")  # fmt: skip
+        print(f"saved reward-tuned backbone to {out} (identity {log['identity']['reloaded']}), the reward model to "
+              f"{out / 'reward_model'}, the sequence classifier to {out / SEQCLS_DIR}")  # fmt: skip
+    trainer.accelerator.wait_for_everyone()
+    return log
+
+
+def save_all(cfg: FinetuneConfig, out: Path, log: dict[str, Any], trained, tok, bb, train_pairs: list, base_path: str,
+             device: torch.device) -> None:
+    """Merge the LoRA, check the merge, write the backbone, head, reward model and sequence
+    classifier, and reload them to check they score like the trained model (into ``log``)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from distrm.features.backbones import Backbone
+    from distrm.hf_hub import commit_of
+
     check_pairs = train_pairs[: cfg.merge_check_pairs]
     check_ids = [bb._causal_ids(p.prompt, r)[0] for p in check_pairs for r in (p.chosen, p.rejected)]
     pad_id = tok.pad_token_id
@@ -440,38 +598,43 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     merged = trained.merge_and_unload() if cfg.method == "lora" else trained
     after = score_ids(merged, check_ids, pad_id)
     head = merged.score.weight.detach().float().cpu()
-    info = {"base_model": cfg.base_model, "base_path": base_path, "method": cfg.method, "train_pairs": len(train_pairs)}
+    info = {"base_model": cfg.base_model, "base_path": base_path, "base_revision": commit_of(Path(base_path)),
+            "method": cfg.method, "train_pairs": len(train_pairs)}  # fmt: skip
     digest = save_backbone(out, base_path, merged, tok, info, cfg.save_dtype)
     feature_note = "Backbone.from_pretrained(dir) reward feature (last-token final hidden state)"
     save_head(out, head, {"feature": feature_note, "hidden_size": int(head.shape[1]), "bias": False,
                           "max_length": cfg.max_length, "truncation": cfg.truncation, "weights_sha256_16": digest})  # fmt: skip
+    save_seqcls(out / SEQCLS_DIR, merged, tok, {"weights_sha256_16": digest, **info}, cfg.save_dtype)
+    del merged, trained
     reloaded = Backbone.from_pretrained(str(out.resolve()), device=str(device), dtype="float32", max_length=cfg.max_length)
-    save_reward_model(out, head, reloaded.identity, cfg.max_length)
+    save_reward_model(out, head, reloaded.identity, cfg.max_length, revision=reloaded.revision,
+                      provenance={"base_model": cfg.base_model, "base_revision": info["base_revision"], "method": cfg.method,
+                                  "train_pairs": len(train_pairs), "weights_sha256_16": digest})  # fmt: skip
     feats = reloaded._batched(check_ids, [[len(x) - 1] for x in check_ids], batch_size=8)[:, 0]
     again = torch.as_tensor(feats) @ head.T
+    seqcls = AutoModelForSequenceClassification.from_pretrained(out / SEQCLS_DIR, dtype=torch.float32).to(device).eval()
+    from_seqcls = score_ids(seqcls, check_ids, pad_id)
+    del seqcls
     log["merge_check"] = {
         "pairs": len(check_pairs),
         "max_abs_peft_vs_merged": float((before - after).abs().max()),
         "max_abs_peft_vs_reloaded_backbone": float((before - again[:, 0]).abs().max()),
+        "max_abs_peft_vs_seq_cls": float((before - from_seqcls).abs().max()),
         "score_range": float(before.max() - before.min()),
     }
     log["identity"] = {"reloaded": reloaded.identity, "weights_sha256_16": digest}
-    log["timings_s"]["save"] = time.perf_counter() - t0
-    log["timings_s"]["total"] = time.perf_counter() - t_all
-    (out / LOG_NAME).write_text(json.dumps(log, indent=2, default=str) + "\n", encoding="utf-8")
-    mc = log["merge_check"]
-    print(f"merge check: |peft - merged| <= {mc['max_abs_peft_vs_merged']:.2e}, |peft - reloaded backbone + head| <= "
-          f"{mc['max_abs_peft_vs_reloaded_backbone']:.2e} (score range {mc['score_range']:.2f})")  # fmt: skip
-    print(f"saved reward-tuned backbone to {out} (identity {reloaded.identity})")
-    return log
 
 
-def save_reward_model(out: Path, head: torch.Tensor, identity: str, max_length: int) -> None:
+def save_reward_model(out: Path, head: torch.Tensor, identity: str, max_length: int, revision: str | None = None,
+                      provenance: dict[str, Any] | None = None) -> None:
     """The fine-tuned single-head reward model as a one-member ensemble on the saved backbone
-    (by absolute path, fp32 features), so ``distrm serve``/``load_reward_model`` use it as is."""
+    (fp32 features), so ``distrm serve``/``load_reward_model`` use it as is. The backbone is
+    ``out`` itself, recorded relative to ``out/reward_model`` (``..``): the folder works after
+    ``out`` is moved or copied as a whole; its identity (a content fingerprint of the weights,
+    not a path) and revision are recorded and checked when it loads."""
     from distrm.models.bt_ensemble import EnsembleModelConfig, EnsembleRewardModel
 
     cfg = EnsembleModelConfig(backbone=str(out.resolve()), feature_dim=int(head.shape[1]), n_members=1, backbone_identity=identity,
-                              backbone_max_length=max_length, backbone_dtype="float32",
-                              training={"kind": "finetune-backbone score head"})  # fmt: skip
+                              backbone_max_length=max_length, backbone_dtype="float32", backbone_revision=revision,
+                              training={"kind": "finetune-backbone score head", **(provenance or {})})  # fmt: skip
     EnsembleRewardModel(cfg, head.double()).save_pretrained(out / "reward_model")

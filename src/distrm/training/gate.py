@@ -7,28 +7,13 @@ model never imports training code. See the gate module docstring for the loss.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from distrm.config import GateConfig
 from distrm.heads.gate import GatingNetwork
 from distrm.heads.objective import standardizer
-
-
-@dataclass
-class GateTrainConfig:
-    """Paper defaults (QRM section 4.1): AdamW lr 3e-4, batch 1024, cosine decay,
-    weight decay 1e-3, 3 epochs. With a few thousand pairs, 3 epochs are only a handful
-    of steps: raise ``epochs`` (the embedded default config does)."""
-
-    lr: float = 3e-4
-    batch_size: int = 1024
-    weight_decay: float = 1e-3
-    epochs: int = 3
-    seed: int = 0
-    progress: bool = True
 
 
 def train_gate(
@@ -36,9 +21,16 @@ def train_gate(
     prompt_features: torch.Tensor,
     mean_chosen: torch.Tensor,
     mean_rejected: torch.Tensor,
-    cfg: GateTrainConfig,
+    cfg: GateConfig,
+    seed: int = 0,
+    progress: bool = True,
 ) -> list[dict]:
     """Fit the gate on preference pairs; returns the per-epoch log (loss, accuracy).
+
+    ``cfg`` is the same :class:`~distrm.config.GateConfig` the YAML fills (``lr``,
+    ``batch_size``, ``weight_decay``, ``epochs``; paper defaults, QRM section 4.1: AdamW lr
+    3e-4, batch 1024, cosine decay, weight decay 1e-3, 3 epochs -- with a few thousand pairs
+    that is a handful of steps, so the embedded default config raises ``epochs``).
 
     Args:
         prompt_features: [n, d] prompt-only features of each pair.
@@ -50,8 +42,8 @@ def train_gate(
         raise ValueError("no preference pairs to train the gate on")
     if mean_chosen.shape != mean_rejected.shape or mean_chosen.shape[0] != n:
         raise ValueError("prompt features and attribute means disagree on the number of pairs")
-    g = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     opt = torch.optim.AdamW(gate.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
@@ -63,7 +55,7 @@ def train_gate(
         gate.input_mean.copy_(mean)
         gate.input_scale.copy_(scale)
     log: list[dict] = []
-    bar = tqdm(total=total, desc="gate", disable=not cfg.progress, leave=False)
+    bar = tqdm(total=total, desc="gate", disable=not progress, leave=False)
     gate.train()
     for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=g)

@@ -26,7 +26,7 @@ from distrm.data.splits import is_test, split_key
 from distrm.heads.debias import fit_debias, length_signal
 from distrm.distribution import default_levels
 from distrm.heads.gate import GatingNetwork
-from distrm.training.gate import GateTrainConfig, train_gate
+from distrm.training.gate import train_gate
 from distrm.heads.baselines import RidgeHeads
 from distrm.heads.quantile import QuantileHeads, QuantileHeadsCV
 from distrm.models.qrm import DistributionalRewardModel, ModelConfig
@@ -301,10 +301,12 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
         gate_hidden=gc.hidden,
         gate_n_hidden=gc.n_hidden,
         gate_temperature=gc.temperature,
+        gate_dropout=gc.dropout if gc.kind == "learned" else 0.0,
         fixed_weights=fixed,
         debias_source=dc.source if dc.enabled else None,
         mix=cfg.mix,
         backbone_identity=backbone.identity,
+        backbone_revision=getattr(backbone, "revision", None),
         backbone_max_length=bc.max_length,
         backbone_dtype=bc.dtype,
         scales=targets.scales,
@@ -349,8 +351,7 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
             raise ValueError("a learned gate needs preference pairs (or use gate.kind=fixed)")
         mc = model.attribute_distribution(Rc, chosen_txt).mean()
         mr = model.attribute_distribution(Rr, rejected_txt).mean()
-        tc = GateTrainConfig(gc.lr, gc.batch_size, gc.weight_decay, gc.epochs, cfg.seed, cfg.progress)
-        log["gate"] = train_gate(gate, Pc.float(), mc, mr, tc)
+        log["gate"] = train_gate(gate, Pc.float(), mc, mr, gc, seed=cfg.seed, progress=cfg.progress)
         model.gate = gate.eval()
     log["timings_s"]["gate"] = time.perf_counter() - t0
     if len(tr_idx):

@@ -1,0 +1,73 @@
+"""The server's configuration: what ``distrm serve`` fills from YAML, ``--set`` and flags.
+
+Kept apart from :mod:`distrm.serve.app` so that the command line can build and check the
+whole config (risk spec, limits, ranges) without importing FastAPI or torch: a bad value is
+one line and exit code 2 before the model loads, not a traceback after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from distrm.risk import parse_risk
+from distrm.serve.limits import Limits
+
+
+@dataclass
+class ServeConfig:
+    """How the server batches and what it answers.
+
+    Attributes:
+        max_batch: most items per backbone call (1 = batching off).
+        max_wait_ms: longest an item waits for batch-mates.
+        limits: request limits (:class:`Limits`).
+        token: bearer token required on every endpoint but /health (None = no auth; default
+            $DISTRM_SERVE_TOKEN).
+        reward_risk: the scalar ``/get_reward`` returns (a risk spec, default the mean).
+        error_reward: what ``/get_reward`` puts in ``rewards`` for a failed item in
+            non-strict mode; None leaves null (OpenRLHF cannot take null: set a number, or
+            send ``strict``).
+        strip: strings removed from the ends of OpenRLHF responses (the policy's pad / eos
+            tokens, e.g. ``"<|endoftext|>"``), as OpenRLHF's own server strips pad and eos.
+        threads: torch intra-op threads for the model (None = torch's default).
+        warmup: score one pair at start so the first request does not pay for loading.
+    """
+
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    limits: Limits = field(default_factory=Limits)
+    token: str | None = field(default=None, metadata={"secret": True})
+    reward_risk: str = "mean"
+    error_reward: float | None = None
+    strip: tuple[str, ...] = ()
+    threads: int | None = None
+    warmup: bool = field(default=True, metadata={"flag": None})
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not self.max_wait_ms >= 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        self.strip = tuple(self.strip)
+        parse_risk(self.reward_risk)  # the risk vocabulary: a bad spec fails here, before the model loads
+
+
+@dataclass
+class ServeCommandConfig:
+    """``distrm serve``: which model, where to listen, and the server config."""
+
+    model: str = field(default="", metadata={"positional": True})  # model folder written by distrm, or a Hugging Face Hub id
+    revision: str | None = None  # Hub branch, tag or commit (with a Hub id)
+    host: str = "127.0.0.1"  # bind address (127.0.0.1: loopback only; set a token before binding anything else)
+    port: int = 8000
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    server: ServeConfig = field(default_factory=ServeConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("serve: give the model (a folder or a Hub id)")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
