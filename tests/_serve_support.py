@@ -20,6 +20,7 @@ import uvicorn
 from distrm.distribution import default_levels
 from distrm.heads.gate import GatingNetwork
 from distrm.models.qrm import DistributionalRewardModel, ModelConfig
+from distrm.models.auto import AutoRewardModel
 from distrm.serve.app import ServeConfig, create_app
 
 ATTRIBUTES = ["helpfulness", "correctness", "verbosity"]
@@ -64,7 +65,7 @@ def _free_port() -> int:
 @contextmanager
 def running_server(model_dir: Path, config: ServeConfig) -> Iterator[str]:
     """Serve ``model_dir`` on 127.0.0.1 in a thread; yields the base URL."""
-    app = create_app(DistributionalRewardModel.from_pretrained(model_dir), config)
+    app = create_app(AutoRewardModel.from_pretrained(model_dir), config)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     th = threading.Thread(target=server.run, daemon=True)

@@ -38,3 +38,56 @@ def reseal(folder, cfg: dict) -> None:
 
     (folder / "config.json").write_text(json.dumps(cfg))
     write_manifest(folder, cfg.get("model_type", "qrm"))
+
+
+# ------------------------------------------------------------------ trained models (slow tier)
+# Real runs of the real commands on real shared data, sized for CI; built once per session
+# and shared by every slow test that needs a trained folder of that type.
+TINY_FINETUNE = ["--set", "max_pairs=12", "--set", "holdout_fraction=0", "--set", "max_length=64",
+                 "--set", "trainer.max_steps=2", "--set", "trainer.per_device_train_batch_size=2",
+                 "--set", "trainer.gradient_accumulation_steps=1", "--set", "trainer.warmup_steps=0",
+                 "--set", "trainer.learning_rate=5e-3", "--set", "trainer.bf16=false", "--set", "merge_check_pairs=3",
+                 "--set", "trainer.disable_tqdm=true", "--set", "lora.r=4", "--set", "lora.alpha=8",
+                 "--set", "data.max_rows_per_source=30", "--set", "trainer.save_strategy=steps",
+                 "--set", "trainer.save_steps=1", "--set", "trainer.save_total_limit=1",
+                 "--set", "trainer.logging_steps=1"]  # fmt: skip
+
+
+def _train(out, store, *extra) -> None:
+    from distrm.cli import main
+
+    assert main(["train", "--output-dir", str(out), "--set", "data.max_rows_per_source=40", "--set", "gate.epochs=3",
+                 "--set", "heads.max_iter=200", "--set", f"backbone.store={store}", "--set", "backbone.max_length=128",
+                 "--set", "progress=false", *extra]) == 0  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def feature_store(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="session")
+def trained_qrm(tmp_path_factory, feature_store):
+    """``distrm train`` (QRM) on the embedded default config, capped at 40 rows per source."""
+    out = tmp_path_factory.mktemp("qrm") / "model"
+    _train(out, feature_store)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_ensemble(tmp_path_factory, feature_store):
+    """``distrm train --set model=ensemble`` (5 bootstrap BT heads), same data and features."""
+    out = tmp_path_factory.mktemp("ens") / "model"
+    _train(out, feature_store, "--set", "model=ensemble", "--set", "ensemble.n_members=5",
+           "--set", "ensemble.bootstrap=true", "--set", "ensemble.epochs=5", "--set", "ensemble.l2=0.01")
+    return out
+
+
+@pytest.fixture(scope="session")
+def finetuned(tmp_path_factory):
+    """``distrm finetune-backbone`` on real SmolLM2-135M: two LoRA steps on 12 real pairs."""
+    from distrm.cli import main
+
+    out = tmp_path_factory.mktemp("ft") / "rm"
+    assert main(["finetune-backbone", "--output-dir", str(out), *TINY_FINETUNE]) == 0
+    return out

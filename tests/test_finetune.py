@@ -9,24 +9,15 @@ import torch
 
 from distrm.features.backbones import Backbone, resolve_model_dir
 from distrm.cli import main
+from conftest import TINY_FINETUNE
 from distrm.config import load_config
 from distrm.training.finetune import HEAD_NAME, LOG_NAME, FinetuneConfig, body_of, load_head, load_seqcls, score_ids, validate
 
 PROMPTS = ["How do I boil an egg?", [{"role": "user", "content": "Say hi."}]]
 RESPONSES = ["Put it in boiling water for 8 minutes.", "Hi!"]
-TINY = ["--set", "max_pairs=12", "--set", "holdout_fraction=0", "--set", "max_length=64", "--set", "trainer.max_steps=2",
-        "--set", "trainer.per_device_train_batch_size=2", "--set", "trainer.gradient_accumulation_steps=1",
-        "--set", "trainer.warmup_steps=0", "--set", "trainer.learning_rate=5e-3", "--set", "trainer.bf16=false",
-        "--set", "merge_check_pairs=3", "--set", "trainer.disable_tqdm=true", "--set", "lora.r=4", "--set", "lora.alpha=8",
-        "--set", "data.max_rows_per_source=30", "--set", "trainer.save_strategy=steps", "--set", "trainer.save_steps=1",
-        "--set", "trainer.save_total_limit=1", "--set", "trainer.logging_steps=1"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tuned(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ft") / "rm"
-    assert main(["finetune-backbone", "--output-dir", str(out), *TINY]) == 0
-    return out
+@pytest.fixture()
+def tuned(finetuned):
+    return finetuned
 
 
 @pytest.mark.slow
@@ -133,7 +124,7 @@ def test_resume_from_checkpoint(tuned, tmp_path):
 
     out = tmp_path / "rm"
     shutil.copytree(tuned / "trainer", out / "trainer")
-    assert main(["finetune-backbone", "--output-dir", str(out), *TINY, "--set", "trainer.max_steps=3",
+    assert main(["finetune-backbone", "--output-dir", str(out), *TINY_FINETUNE, "--set", "trainer.max_steps=3",
                  "--set", "trainer.learning_rate=1e-7", "--set", "trainer.resume_from_checkpoint=true",
                  "--set", "trainer.save_strategy=no"]) == 0  # fmt: skip
     log = json.loads((out / LOG_NAME).read_text())

@@ -135,7 +135,7 @@ def test_trl_format_helpers() -> None:
 
 # ---------------------------------------------------------------------------- KL weights
 def test_kl_weights_formulas() -> None:
-    pytest.importorskip("trl")
+    import trl  # noqa: F401  (a dependency of distrm[rl]: missing = a failure, not a skip)
     from distrm.rl.kl import kl_weights
 
     v = torch.tensor([1.0, 2.0, 3.0, float("nan")])
@@ -179,7 +179,7 @@ def _seq_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask) 
 
 @pytest.mark.parametrize("weighting", ["ratio", "affine"])
 def test_variance_weighted_rloo_advantages_match_formula(tmp_path: Path, weighting: str) -> None:
-    pytest.importorskip("trl")
+    import trl  # noqa: F401  (a dependency of distrm[rl]: missing = a failure, not a skip)
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import RLOOConfig
@@ -222,7 +222,7 @@ def test_variance_weighted_rloo_advantages_match_formula(tmp_path: Path, weighti
 
 
 def test_variance_weighted_trainer_refuses_without_variance(tmp_path: Path) -> None:
-    pytest.importorskip("trl")
+    import trl  # noqa: F401  (a dependency of distrm[rl]: missing = a failure, not a skip)
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import RLOOConfig
@@ -326,8 +326,8 @@ def _assert_tail_ordered(rec: dict, where: str) -> None:
 def test_distrm_rl_rloo_smoke(tmp_path: Path) -> None:
     """A distrm ensemble trained through the library on real HH-RLHF pairs, saved, loaded by
     ``distrm rl rloo`` through the hub loader, then 3 real TRL RLOO steps on SmolLM2 + LoRA."""
-    pytest.importorskip("trl")
-    pytest.importorskip("peft")
+    import peft  # noqa: F401  (a dependency of distrm[rl]: missing = a failure, not a skip)
+    import trl  # noqa: F401
     from safetensors.torch import load_file
 
     from distrm.config import BackboneConfig, DataConfig, EnsembleConfig, TrainConfig
@@ -386,7 +386,7 @@ def test_distrm_rl_rloo_smoke(tmp_path: Path) -> None:
 
 
 def test_trainer_args_fix_yaml_number_strings() -> None:
-    trl = pytest.importorskip("trl")
+    import trl
     from distrm.rl.rloo import trainer_args
 
     # YAML 1.1 reads 1e-3 as a string; it must reach the optimizer as a float

@@ -11,14 +11,8 @@ from distrm.models.qrm import DistributionalRewardModel
 
 
 @pytest.mark.slow
-def test_train_score_reload(tmp_path, capsys):
-    out = tmp_path / "model"
-    rc = main([
-        "train", "--output-dir", str(out),
-        "--set", "data.max_rows_per_source=40", "--set", "gate.epochs=3", "--set", "heads.max_iter=200",
-        "--set", f"backbone.store={tmp_path / 'store'}", "--set", "backbone.max_length=128", "--set", "progress=false",
-    ])
-    assert rc == 0
+def test_train_score_reload(trained_qrm, capsys):
+    out = trained_qrm  # distrm train on real shared data (tests/conftest.py)
     log = json.loads((out / "train_log.json").read_text())
     assert log["data"]["rated_rows"] > 0 and log["data"]["pairs"] > 0
     assert 0.0 <= log["train_pair_accuracy"] <= 1.0

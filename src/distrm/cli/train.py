@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--revision", default=None, help="Hub branch, tag or commit (with a Hub id)")
     s.add_argument("--prompt", action="append", default=[], help="prompt text (repeat for several)")
     s.add_argument("--response", action="append", default=[], help="response text (one per --prompt, or several for one --prompt)")
-    s.add_argument("--input", default=None, help="JSONL file with prompt/response fields instead of --prompt/--response")
+    s.add_argument("--input", default=None, help="file with prompt/response fields (JSONL, JSON, CSV or Parquet) instead of --prompt/--response")
     s.add_argument("--risk", action="append", default=[], help="risk measure, e.g. cvar:alpha=0.1, exp_utility:lam=2")
     s.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     s.set_defaults(func=run_score)
@@ -57,25 +57,26 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _read_inputs(args) -> tuple[list, list[str]]:
+    """(prompts, responses) from --input or --prompt/--response.
+
+    --input goes through the data layer's one reader per file format
+    (:func:`distrm.data.io.read_rows_or_fail`), so JSONL, JSON, CSV and Parquet (``.gz``
+    too) all work and every error names ``file:line``. Scoring must not silently score fewer
+    rows than were given, so a bad row is an error here, not a counted skip."""
     if args.input:
+        from distrm.data.io import read_rows_or_fail
+
         prompts, responses = [], []
-        with open(args.input, encoding="utf-8") as f:
-            for ln, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{args.input}:{ln}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
-                    raise ValueError(f"{args.input}:{ln}: expected an object with 'prompt' and 'response'")
-                prompts.append(row["prompt"])
-                responses.append(row["response"])
+        for row in read_rows_or_fail(args.input):
+            if not isinstance(row.data, dict) or "prompt" not in row.data or "response" not in row.data:
+                raise ValueError(f"{row.where}: expected an object with 'prompt' and 'response'")
+            prompts.append(row.data["prompt"])
+            responses.append(row.data["response"])
         return prompts, responses
     if len(args.prompt) == 1 and len(args.response) > 1:  # one prompt, several responses to compare
         return args.prompt * len(args.response), args.response
     if len(args.prompt) != len(args.response) or not args.prompt:
-        raise ValueError("give one --response per --prompt, or one --prompt and several --response (or --input FILE.jsonl)")
+        raise ValueError("give one --response per --prompt, or one --prompt and several --response (or --input FILE)")
     return args.prompt, args.response
 
 

@@ -31,6 +31,12 @@ class BonPrompt:
         """Indices of candidates that have a verdict."""
         return [k for k, w in enumerate(self.win_prob) if w is not None]
 
+    @property
+    def file_id(self) -> str:
+        """The prompt's id as the sample files write it (AlpacaEval's index), without the
+        ``rewardbench-bon:`` prefix: the key other tools align on."""
+        return self.id.removeprefix(_ID_PREFIX)
+
 
 @dataclass
 class BonSet:
@@ -45,6 +51,7 @@ class BonSet:
         return len(self.prompts)
 
 
+_ID_PREFIX = "rewardbench-bon:"
 _SAMPLE = re.compile(r"tulu-2-dpo-13b\.(\d+)\.json(\.gz)?\Z")
 
 
@@ -58,12 +65,32 @@ def _by_sample(folder: Path) -> dict[int, Path]:
 
 
 def load_rewardbench_bon(data_dir: str | Path, strict: bool = False) -> BonSet:
-    """The best-of-16 candidates and judge verdicts, one :class:`BonPrompt` per prompt."""
-    root = Path(data_dir) / "rewardbench-bon"
+    """The best-of-16 candidates and judge verdicts, one :class:`BonPrompt` per prompt.
+
+    ``data_dir`` is the shared data folder (the parent of ``rewardbench-bon/``)."""
+    return load_bon_folder(Path(data_dir) / "rewardbench-bon", strict)
+
+
+def load_bon_folder(root: str | Path, strict: bool = False, n_samples: int | None = None) -> BonSet:
+    """:func:`load_rewardbench_bon` given the ``rewardbench-bon`` folder itself.
+
+    ``n_samples`` reads only samples ``0 .. n_samples-1`` (and their verdicts), so a caller
+    that needs the first few candidates does not parse all 16 files; a sample asked for by
+    number whose file is missing is a :class:`FileNotFoundError`, not a counted gap, since
+    the caller cannot do without it. ``None`` reads every sample file there is."""
+    root = Path(root)
     rep = Reporter("rewardbench-bon", strict)
     outputs = _by_sample(root / "outputs")
     annotations = _by_sample(root / "annotations_gpt4t_vs_gpt35")
-    n = max(outputs) + 1
+    if n_samples is None:
+        n = max(outputs) + 1
+    else:
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        n = n_samples
+        absent = [k for k in range(n) if k not in outputs]
+        if absent:
+            raise FileNotFoundError(f"{root / 'outputs'}: no tulu-2-dpo-13b.<k>.json[.gz] for sample(s) {absent}")
     prompts: dict[str, BonPrompt] = {}
     order: list[str] = []
     for k in range(n):
@@ -81,7 +108,7 @@ def load_rewardbench_bon(data_dir: str | Path, strict: bool = False) -> BonSet:
                 rep.skip(MISSING, row.where, "id / instruction / output")
                 continue
             if pid not in prompts:
-                prompts[pid] = BonPrompt(f"rewardbench-bon:{pid}", instr, str(r.get("dataset", "")), [""] * n, [None] * n)
+                prompts[pid] = BonPrompt(f"{_ID_PREFIX}{pid}", instr, str(r.get("dataset", "")), [""] * n, [None] * n)
                 order.append(pid)
             elif prompts[pid].prompt != instr:
                 rep.skip("prompt differs across samples", row.where, f"id {pid}")
@@ -89,7 +116,7 @@ def load_rewardbench_bon(data_dir: str | Path, strict: bool = False) -> BonSet:
             if not out.strip():
                 rep.skip(EMPTY_RESPONSE, row.where, f"sample {k}, kept as an empty candidate")
             prompts[pid].candidates[k] = out
-    judged = sorted(annotations)
+    judged = sorted(k for k in annotations if k < n)
     for k in judged:
         for row in read_rows(annotations[k]):
             rep.read()

@@ -139,6 +139,17 @@ def read_rows(path: str | Path) -> Iterator[Row]:
         yield from _csv_rows(path, raw, "\t" if fmt == "tsv" else None)
 
 
+def read_rows_or_fail(path: str | Path) -> Iterator[Row]:
+    """:func:`read_rows` for callers that must not lose a row (a benchmark file, inputs to
+    score): a row that cannot be parsed raises :class:`DataError` naming its ``file:line``
+    instead of coming back with ``error`` to be counted as a skip."""
+    for row in read_rows(path):
+        if row.error:
+            reason, detail = row.error
+            raise DataError(f"{row.where}: {'not valid JSON' if reason == BAD_JSON else reason} ({detail})")
+        yield row
+
+
 def _jsonl_rows(path: Path, raw: bytes) -> Iterator[Row]:
     for ln, line in enumerate(raw.split(b"\n"), 1):
         if not line.strip():

@@ -18,6 +18,7 @@ metric code (the Gaussian's tails beyond the outer levels are cut the same way).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -27,6 +28,8 @@ import torch
 from distrm.data.records import RatedResponse
 from distrm.distribution import RewardDistribution, default_levels
 from distrm.eval.metrics import calibration_metrics
+
+logger = logging.getLogger(__name__)
 
 # every shared set with several raters per item: (display name, registry name). The other
 # rated sets (UltraFeedback overall, PKU is_safe, the HelpSteer2 fixture) have one score per
@@ -167,7 +170,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def load_items(
-    sets: Sequence[str], data_dir: str | None, test_fraction: float, max_items: int | None = None, min_raters: int = 2, log=print
+    sets: Sequence[str], data_dir: str | None, test_fraction: float, max_items: int | None = None, min_raters: int = 2, log=logger.info
 ) -> tuple[MultiRaterItems, dict[str, Any]]:
     """Held-out multi-rater items of the named rated sets (registry names)."""
     from distrm.data import registry
@@ -224,7 +227,7 @@ def run_calibration(
     baseline: bool = True,
     max_items: int | None = None,
     min_raters: int = 2,
-    log=print,
+    log=logger.info,
 ) -> dict[str, Any]:
     """Calibration of each model's attribute distributions (+ the ridge+Gaussian baseline
     on the first model's backbone) on held-out multi-rater items."""

@@ -19,17 +19,19 @@ Two weightings, and the output always says which one was used:
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from distrm.data.records import PreferencePair, prompt_hash
+from distrm.data.rewardbench import load_rewardbench_pairs
 from distrm.distribution import RewardDistribution
 from distrm.risk import parse_risk
+
+logger = logging.getLogger(__name__)
 
 # allenai/reward-bench@a32e272 rewardbench/constants.py
 REWARDBENCH_EXAMPLE_COUNTS: dict[str, int] = {
@@ -179,59 +181,13 @@ def subset_name(p: PreferencePair, set_name: str) -> str:
 
 def load_rewardbench_file(path_or_hub: str, split: str = "filtered") -> PairSet:
     """A file in RewardBench's format (columns prompt, chosen, rejected, subset[, id]):
-    JSON (list or JSON lines), JSONL or Parquet, or a hub dataset name (needs network)."""
-    p = Path(path_or_hub)
-    rows: list[dict]
-    if p.exists():
-        if p.suffix == ".parquet":
-            import pandas as pd
+    JSON, JSONL, CSV or Parquet (``.gz`` too), or a hub dataset name (needs network).
 
-            rows = pd.read_parquet(p).to_dict("records")
-        else:
-            text = p.read_text(encoding="utf-8")
-            try:
-                obj = json.loads(text)
-                if isinstance(obj, list):
-                    rows = obj
-                elif isinstance(obj, dict) and isinstance(obj.get("data", obj.get("rows")), list):
-                    rows = obj.get("data", obj.get("rows"))
-                else:  # one JSON value: a one-line JSONL file (or a single row)
-                    rows = [obj]
-            except json.JSONDecodeError:
-                rows = []
-                for ln, line in enumerate(text.splitlines(), 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as e:
-                            raise ValueError(f"{p}:{ln}: not valid JSON ({e.msg})") from None
-        name = p.stem
-    else:
-        if "/" not in path_or_hub:
-            raise FileNotFoundError(f"{path_or_hub}: no such file, and not a hub dataset name (owner/name)")
-        from datasets import load_dataset
-
-        try:
-            ds = load_dataset(path_or_hub, split=split)
-        except Exception as e:  # offline machines: say so in one line
-            raise FileNotFoundError(f"could not load hub dataset {path_or_hub!r} split {split!r}: {e}") from None
-        rows = list(ds)
-        name = path_or_hub.split("/")[-1]
-    pairs, skipped = [], {}
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict):
-            skipped["not an object"] = skipped.get("not an object", 0) + 1
-            continue
-        missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(r.get(k), str)]
-        if missing:
-            skipped[f"missing/non-text {','.join(missing)}"] = skipped.get(f"missing/non-text {','.join(missing)}", 0) + 1
-            continue
-        pairs.append(
-            PreferencePair(r["prompt"], r["chosen"], r["rejected"], source=name, id=str(r.get("id", i)), subset=r.get("subset") or name)
-        )
-    if not pairs:
-        raise ValueError(f"{path_or_hub}: no rows with text prompt/chosen/rejected among {len(rows)} read (skipped: {skipped})")
-    return PairSet(name, pairs, "all", {"rows_read": len(rows), "skipped": skipped})
+    Read by :func:`distrm.data.rewardbench.load_rewardbench_pairs` (the data layer owns file
+    reading and its ``file:line`` errors); this only wraps the pairs as an evaluation set."""
+    loaded = load_rewardbench_pairs(path_or_hub, split)
+    rep = loaded.report
+    return PairSet(rep.source, loaded.records, "all", {"rows_read": rep.rows_read, "skipped": dict(rep.skipped), "examples": rep.examples})
 
 
 def detect_weighting(subsets: Iterable[str]) -> str:
@@ -456,7 +412,7 @@ def run_pairs(
     n_examples: int = 6,
     weighting: str = "auto",
     length_row: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Evaluate models (and the length heuristic) on shared sets and RewardBench-format files."""
     from distrm.eval import common

@@ -167,6 +167,13 @@ def feature_identity(name: str, path: str | Path, kind: str, max_length: int, dt
     return identity
 
 
+def same_features(a: str, b: str) -> bool:
+    """Two identities give the same features: all but the name part agree (the weights' content
+    hash, kind, length, precision, prompt feature). The name differs when the same weights are
+    reached another way -- an alias, a bundled ``./backbone`` copy, a Hub snapshot."""
+    return a.split("|")[1:] == b.split("|")[1:]
+
+
 def render_prompt_text(prompt: Prompt) -> str:
     """Plain text of a prompt for encoders (chat turns as 'role: content' lines)."""
     if isinstance(prompt, str):
@@ -453,7 +460,7 @@ def load_for_heads(name: str, max_length: int, identity: str | None, dtype: str 
     one whose features would differ (other weights, pooling, max_length or precision than
     recorded in the model's config)."""
     bb = Backbone.from_pretrained(name, max_length=max_length, dtype=dtype, revision=revision, prompt_token=prompt_token)
-    if identity and bb.identity != identity:
+    if identity and not same_features(bb.identity, identity):
         raise ValueError(
             f"backbone {name!r} now has identity {bb.identity!r}, but the heads were trained on {identity!r}: "
             "the features would not match"

@@ -32,11 +32,14 @@ a safe start: each head starts from the better (in the exact objective) of a rid
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 from distrm.heads.objective import pinball
+
+logger = logging.getLogger(__name__)
 
 _OVER_RELAX = 1.6
 
@@ -262,7 +265,7 @@ def _admm(
         best_D = torch.maximum(best_D, D)
         gap = (best_P - best_D) / best_P.abs().clamp_min(1e-300)
         if verbose:
-            print(f"  admm it={it:5d} max rel gap={float(gap.max()):.2e} median={float(gap.median()):.2e}", flush=True)
+            logger.info(f"  admm it={it:5d} max rel gap={float(gap.max()):.2e} median={float(gap.median()):.2e}")
         if bool((gap <= tol).all()):
             break
         # residual balancing (free: the factorisation does not depend on rho)

@@ -38,9 +38,13 @@ solver stays available for it.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from distrm.heads.objective import pinball, weighted_quantile
+
+logger = logging.getLogger(__name__)
 
 _STEP = 0.99995
 _INF = torch.tensor(float("inf"), dtype=torch.float64)
@@ -210,8 +214,8 @@ def ipm_quantile(
         stall = stall + 1 if bool((new_gap >= 0.99 * gap).all()) else 0
         gap = new_gap
         if verbose:
-            print(f"ipm it={it} gap max={float(gap.max()):.2e} mu max={float(mu.max()):.2e} "
-                  f"steps {float(ap.min()):.3f}/{float(ad.min()):.3f}", flush=True)
+            logger.info(f"ipm it={it} gap max={float(gap.max()):.2e} mu max={float(mu.max()):.2e} "
+                  f"steps {float(ap.min()):.3f}/{float(ad.min()):.3f}")
         if bool((gap <= tol).all()) or stall >= 6:  # converged, or at the limit of float64
             break
     # exact zeros: an interior point approaches the optimal face from inside, so coefficients

@@ -13,14 +13,14 @@ against GPT-3.5-turbo: ``preference`` in [1, 2] = 1 + P(the tulu sample wins). A
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from distrm.data.bon import load_bon_folder
+from distrm.data.records import LoadReport
 from distrm.distribution import RewardDistribution
 from distrm.risk import RiskMeasure
 
@@ -84,10 +84,17 @@ class BonData:
     candidates: list[list[str]]  # [P][N]
     preference: torch.Tensor  # [P, N]
     datasets: list[str]
+    report: LoadReport | None = None  # what the data layer read and skipped
 
 
 def load_rewardbench_bon(data_dir: str | Path, n_candidates: int = N_ANNOTATED, max_prompts: int | None = None, seed: int = 0) -> BonData:
     """The annotated candidates of rewardbench-bon, aligned by prompt id (checked, not assumed).
+
+    ``data_dir`` is the ``rewardbench-bon`` folder itself. The files are read by
+    :func:`distrm.data.bon.load_bon_folder` (one reader, located and counted skips); this
+    only keeps the prompts whose first ``n_candidates`` samples all have a verdict for the
+    very text in the sample file, orders them by id and turns the verdicts into the
+    ``[P, N]`` preference tensor (``preference = 1 + win probability``, in [1, 2]).
 
     ``max_prompts`` takes a seeded random subset (the same for every scorer)."""
     root = Path(data_dir)
@@ -95,29 +102,26 @@ def load_rewardbench_bon(data_dir: str | Path, n_candidates: int = N_ANNOTATED, 
         raise FileNotFoundError(f"{root}/outputs missing: expected the rewardbench-bon folder")
     if not 1 <= n_candidates <= N_ANNOTATED:
         raise ValueError(f"only samples 0..{N_ANNOTATED - 1} have judge verdicts")
-    outs, anns = [], []
-    for i in range(n_candidates):
-        with gzip.open(root / "outputs" / f"tulu-2-dpo-13b.{i}.json.gz", "rt", encoding="utf-8") as f:
-            outs.append({str(r["id"]): r for r in json.load(f)})
-        with gzip.open(root / "annotations_gpt4t_vs_gpt35" / f"tulu-2-dpo-13b.{i}.json.gz", "rt", encoding="utf-8") as f:
-            anns.append({str(r["id"]): r for r in json.load(f)})
-    ids = sorted(set.intersection(*(set(o) for o in outs), *(set(a) for a in anns)), key=lambda s: int(s) if s.isdigit() else s)
-    usable = []
-    for pid in ids:
-        prefs = [anns[i][pid].get("preference") for i in range(n_candidates)]
-        same = all(anns[i][pid]["output_2"] == outs[i][pid]["output"] for i in range(n_candidates))
-        if all(p is not None for p in prefs) and same:
-            usable.append(pid)
+    bon = load_bon_folder(root, n_samples=n_candidates)
+    unjudged = [k for k in range(n_candidates) if k not in bon.judged_samples]
+    if unjudged:
+        raise FileNotFoundError(f"{root}/annotations_gpt4t_vs_gpt35: no verdict file for sample(s) {unjudged}")
+    usable = sorted(
+        (bp for bp in bon.prompts if all(w is not None for w in bp.win_prob)),
+        key=lambda bp: int(bp.file_id) if bp.file_id.isdigit() else bp.file_id,
+    )
     if max_prompts and max_prompts < len(usable):
         g = torch.Generator().manual_seed(seed)
         keep = sorted(torch.randperm(len(usable), generator=g)[:max_prompts].tolist())
         usable = [usable[k] for k in keep]
     return BonData(
-        ids=usable,
-        instructions=[outs[0][pid]["instruction"] for pid in usable],
-        candidates=[[outs[i][pid]["output"] for i in range(n_candidates)] for pid in usable],
-        preference=torch.tensor([[float(anns[i][pid]["preference"]) for i in range(n_candidates)] for pid in usable]),
-        datasets=[outs[0][pid].get("dataset", "") for pid in usable],
+        ids=[bp.file_id for bp in usable],
+        instructions=[bp.prompt for bp in usable],
+        candidates=[list(bp.candidates) for bp in usable],
+        # win_prob = preference - 1 exactly (Sterbenz: x - 1 is exact for x in [1, 2]), so this is the file's value
+        preference=torch.tensor([[w + 1.0 for w in bp.win_prob] for bp in usable]),
+        datasets=[bp.dataset for bp in usable],
+        report=bon.report,
     )
 
 

@@ -5,28 +5,25 @@ prompts (``[{"role": "user", "content": ...}, ...]``); IMDB review prefixes stay
 (the paper's continuation task). The held-out split is by prompt hash, so it is the same on
 every machine and for every seed, and no held-out prompt is ever trained on.
 
-``distrm.data.registry`` owns the full loaders (pairs, rated sets, reports); this module only
-needs prompt text and reads the four files directly so RL does not depend on every
-loader's options. Skipped rows are counted in the returned report, never dropped silently.
+The files are read by :func:`distrm.data.prompts.load_rl_prompts` (the data layer owns
+every file read); this module deduplicates across sources, applies the length filter and
+splits. Skipped rows are counted in the returned report, never dropped silently.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
 import os
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distrm.data.prompts import RL_SOURCES as SOURCES
+from distrm.data.prompts import hh_dialogue, load_rl_prompts
 from distrm.data.records import prompt_hash, prompt_key
 
-SOURCES = ("hh-rlhf", "pku-saferlhf", "beavertails", "imdb")
-_TURN = re.compile(r"\n\n(Human|Assistant): ")
+__all__ = ["SOURCES", "PromptSet", "default_data_dir", "hh_dialogue", "load_prompts"]
 
 
 def default_data_dir() -> Path:
@@ -47,58 +44,6 @@ class PromptSet:
     train: list[Any]
     eval: list[Any]
     report: dict[str, Any] = field(default_factory=dict)
-
-
-def hh_dialogue(transcript: str) -> list[dict[str, str]] | None:
-    """``\\n\\nHuman: ..\\n\\nAssistant: ..`` -> chat messages up to (not incl.) the last
-    assistant reply, i.e. the prompt the final reply answered. None if malformed."""
-    parts = _TURN.split(transcript)
-    if len(parts) < 3 or parts[0].strip():
-        return None
-    msgs = [{"role": "user" if r == "Human" else "assistant", "content": t.strip()} for r, t in zip(parts[1::2], parts[2::2])]
-    while msgs and msgs[-1]["role"] == "assistant":
-        msgs.pop()
-    if not msgs or msgs[-1]["role"] != "user" or not msgs[-1]["content"]:
-        return None
-    return msgs
-
-
-def _load_source(name: str, data_dir: Path, skipped: Counter, imdb_words: tuple[int, int], rng: random.Random) -> list[Any]:
-    out: list[Any] = []
-    if name == "hh-rlhf":
-        with gzip.open(data_dir / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt", encoding="utf-8") as f:
-            for line in f:
-                msgs = hh_dialogue(json.loads(line).get("chosen", ""))
-                if msgs is None:
-                    skipped["hh-rlhf: malformed transcript"] += 1
-                else:
-                    out.append(msgs)
-    elif name == "pku-saferlhf":
-        for row in json.loads((data_dir / "pku-saferlhf-dpo5k" / "pku_seferlhf_realign_dpo_5k.json").read_text(encoding="utf-8")):
-            p = (row.get("prompt") or "").strip()
-            if p:
-                out.append([{"role": "user", "content": p}])
-            else:
-                skipped["pku-saferlhf: empty prompt"] += 1
-    elif name == "beavertails":
-        for row in json.loads((data_dir / "pku-saferlhf-dpo5k" / "BeaverTails_eval_prompts.json").read_text(encoding="utf-8")):
-            p = (row.get("prompt") or "").strip()
-            if p:
-                out.append([{"role": "user", "content": p}])
-            else:
-                skipped["beavertails: empty prompt"] += 1
-    elif name == "imdb":
-        with open(data_dir / "imdb-sample" / "texts.csv", encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f):
-                words = (row.get("text") or "").replace("<br />", " ").split()
-                if len(words) < imdb_words[1] + 1:
-                    skipped["imdb: review too short"] += 1
-                    continue
-                k = rng.randint(imdb_words[0], imdb_words[1])  # random prefix length, as in the paper
-                out.append(" ".join(words[:k]))
-    else:
-        raise ValueError(f"unknown prompt source {name!r}; choose from {list(SOURCES)}")
-    return out
 
 
 def load_prompts(
@@ -125,7 +70,9 @@ def load_prompts(
     seen: set[str] = set()
     train, held = [], []
     for name in sources:
-        rows = _load_source(name, data_dir, skipped, tuple(imdb_words), random.Random(1234))
+        loaded = load_rl_prompts(name, data_dir, tuple(imdb_words))
+        skipped.update({f"{name}: {reason}": n for reason, n in loaded.report.skipped.items()})
+        rows = loaded.records
         kept = 0
         for p in rows:
             key = prompt_key(p)

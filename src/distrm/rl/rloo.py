@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ import torch
 from distrm.config import LoraSettings, load_config
 from distrm.rl.prompts import load_prompts
 from distrm.rl.rewards import TAIL_LEVELS, DistributionalRewardFunction
+
+logger = logging.getLogger(__name__)
 
 POLICY_ALIASES = {"smollm2-135m", "smollm2-135m-instruct"}
 
@@ -372,7 +375,7 @@ def run_rloo(
         evals.append(summary)
         final_rows = rows
         eval_rows[step] = rows
-        print(json.dumps({"eval": summary}), flush=True)
+        logger.info(json.dumps({"eval": summary}))
 
     class HeldOutEval(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):  # noqa: ANN001 -- TRL callback signature

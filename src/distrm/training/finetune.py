@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
 import time
@@ -57,6 +58,8 @@ import numpy as np
 import torch
 
 from distrm.config import DataConfig, LoraSettings
+
+logger = logging.getLogger(__name__)
 
 HEAD_NAME = "reward_head.safetensors"
 HEAD_CONFIG = "reward_head.json"
@@ -505,7 +508,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     train_pairs, holdout_pairs, log["data"] = load_pairs(cfg)
-    print(f"data: {len(train_pairs)} training pairs ({log['data']['train_pairs_by_source']}), {len(holdout_pairs)} held out "
+    logger.info(f"data: {len(train_pairs)} training pairs ({log['data']['train_pairs_by_source']}), {len(holdout_pairs)} held out "
           f"from the training split for eval metrics")  # fmt: skip
 
     base_path = resolve_model_dir(cfg.base_model)
@@ -542,7 +545,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         )  # fmt: skip
     targs = trainer_kwargs(cfg, device, eval_ds is not None)
     if targs.get("eval_strategy") != cfg.trainer.get("eval_strategy", targs.get("eval_strategy")):
-        print(f"note: no holdout pairs, so trainer.eval_strategy={cfg.trainer['eval_strategy']!r} is turned off")
+        logger.info(f"note: no holdout pairs, so trainer.eval_strategy={cfg.trainer['eval_strategy']!r} is turned off")
     log["trainer_args"] = targs
     log["bf16"] = bool(targs["bf16"])
     args = RewardConfig(**targs)
@@ -562,7 +565,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         log["eval_holdout"] = trainer.evaluate()
         log["timings_s"]["eval"] = time.perf_counter() - t0
-        print(f"holdout (train split) accuracy: {log['eval_holdout'].get('eval_accuracy', float('nan')):.3f}")
+        logger.info(f"holdout (train split) accuracy: {log['eval_holdout'].get('eval_accuracy', float('nan')):.3f}")
 
     # ---- merge, check, save: the main process only (the others wait at the end)
     t0 = time.perf_counter()
@@ -573,10 +576,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         log["timings_s"]["total"] = time.perf_counter() - t_all
         (out / LOG_NAME).write_text(json.dumps(log, indent=2, default=str) + "\n", encoding="utf-8")
         mc = log["merge_check"]
-        print(f"merge check: |peft - merged| <= {mc['max_abs_peft_vs_merged']:.2e}, |peft - reloaded backbone + head| <= "
+        logger.info(f"merge check: |peft - merged| <= {mc['max_abs_peft_vs_merged']:.2e}, |peft - reloaded backbone + head| <= "
               f"{mc['max_abs_peft_vs_reloaded_backbone']:.2e}, |peft - {SEQCLS_DIR}| <= {mc['max_abs_peft_vs_seq_cls']:.2e} "
               f"(score range {mc['score_range']:.2f})")  # fmt: skip
-        print(f"saved reward-tuned backbone to {out} (identity {log['identity']['reloaded']}), the reward model to "
+        logger.info(f"saved reward-tuned backbone to {out} (identity {log['identity']['reloaded']}), the reward model to "
               f"{out / 'reward_model'}, the sequence classifier to {out / SEQCLS_DIR}")  # fmt: skip
     trainer.accelerator.wait_for_everyone()
     return log
