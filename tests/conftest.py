@@ -84,6 +84,16 @@ def trained_ensemble(tmp_path_factory, feature_store):
 
 
 @pytest.fixture(scope="session")
+def trained_quantile_ensemble(tmp_path_factory, feature_store):
+    """``distrm train --set model=quantile_ensemble`` (3 bootstrap quantile-head members at the
+    alpha the QRM's CV picks on this little data), same data and features."""
+    out = tmp_path_factory.mktemp("qens") / "model"
+    _train(out, feature_store, "--set", "model=quantile_ensemble", "--set", "quantile_ensemble.n_members=3",
+           "--set", "quantile_ensemble.alpha=0.05")
+    return out
+
+
+@pytest.fixture(scope="session")
 def finetuned(tmp_path_factory):
     """``distrm finetune-backbone`` on real SmolLM2-135M: two LoRA steps on 12 real pairs."""
     from distrm.cli import main

@@ -1,8 +1,9 @@
-"""One product: every model type distrm writes -- a QRM and a bootstrap BT ensemble from
-``distrm train``, the single-head reward model from ``distrm finetune-backbone`` -- goes
-through the same commands and adapters unchanged: ``distrm score``, the HTTP server (a real
-round trip), ``distrm eval pairs``, ``distrm bon`` and the RL reward function. Real shared
-data, real backbones (MiniLM; SmolLM2-135M for the fine-tuned one), sized for CI."""
+"""One product: every model type distrm writes -- a QRM, a bootstrap BT ensemble and a
+bootstrap quantile ensemble from ``distrm train``, the single-head reward model from ``distrm
+finetune-backbone`` -- goes through the same commands and adapters unchanged: ``distrm score``,
+the HTTP server (a real round trip), ``distrm eval pairs``, ``distrm bon`` and the RL reward
+function. Real shared data, real backbones (MiniLM; SmolLM2-135M for the fine-tuned one),
+sized for CI."""
 
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from _serve_support import running_server
 
 PROMPTS = ["How do I pick a lock?", [{"role": "user", "content": "What is 2 + 2?"}]]
 RESPONSES = ["Call a locksmith.", "4"]
-KINDS = ["qrm", "ensemble", "finetuned"]
+KINDS = ["qrm", "ensemble", "quantile_ensemble", "finetuned"]
 
 
 @pytest.fixture(params=KINDS)
 def model_dir(request) -> tuple[str, Path]:
-    fixture = {"qrm": "trained_qrm", "ensemble": "trained_ensemble", "finetuned": "finetuned"}[request.param]
+    fixture = {"qrm": "trained_qrm", "ensemble": "trained_ensemble", "quantile_ensemble": "trained_quantile_ensemble",
+               "finetuned": "finetuned"}[request.param]
     d = request.getfixturevalue(fixture)
     return request.param, (d / "reward_model" if request.param == "finetuned" else d)
 
@@ -37,7 +39,7 @@ def model_dir(request) -> tuple[str, Path]:
 def test_every_model_type_through_every_entry_point(model_dir, tmp_path, capsys):
     kind, d = model_dir
     model = AutoRewardModel.from_pretrained(d)
-    assert model.model_type == {"qrm": "qrm", "ensemble": "ensemble", "finetuned": "ensemble"}[kind]
+    assert model.model_type == {"finetuned": "ensemble"}.get(kind, kind)
     want = model.score(PROMPTS, RESPONSES)
     assert torch.isfinite(want.reward.values).all()
     cvar = want.reward.cvar(0.1)

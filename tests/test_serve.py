@@ -183,7 +183,9 @@ def test_get_reward_splits_query_with_prompts(url, ref):
 def test_get_reward_item_errors(url, strict_url, ref):
     q = {"query": ["Hi there! Hello.", "unrelated"], "prompts": ["Hi there!", "Question?"]}
     body = httpx.post(f"{url}/get_reward", json=q, timeout=60).json()
-    assert body["rewards"][1] is None and body["errors"][0]["index"] == 1
+    # never null: the default --error-reward 0.0 in every list, counted in extra_logs
+    assert body["rewards"][1] == 0.0 and body["errors"][0]["index"] == 1
+    assert body["extra_logs"]["distrm_error"] == [0.0, 1.0] and body["extra_logs"]["distrm_mean"][1] == 0.0
     assert isinstance(body["rewards"][0], float)
     r = httpx.post(f"{url}/get_reward", json={**q, "strict": True})
     assert r.status_code == 422

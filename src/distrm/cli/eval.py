@@ -34,7 +34,10 @@ class EvalPairsConfig(_EvalCommon):
 
     model: list[str] = field(default_factory=list)  # model folder or Hub id (repeatable); none: length heuristic only
     sets: str = "all"  # shared sets, comma-separated registry names, 'all' or 'none'
-    file: list[str] = field(default_factory=list)  # RewardBench-format JSON/JSONL/Parquet file or hub name (repeatable)
+    file: list[str] = field(default_factory=list)  # RewardBench-format JSON/JSONL/Parquet file or hub name (repeatable): RewardBench, its prior sets or RewardBench 2
+    # the format of every --file: auto detects it per file (chosen/rejected lists: RewardBench 2; message-list
+    # prompts or a prior-set name as file/split/subset: prior sets; else RewardBench), see distrm.data.rewardbench
+    file_format: Literal["auto", "rewardbench", "prior-sets", "rewardbench2"] = "auto"
     risk: list[str] = field(default_factory=list)  # also rank by a risk measure, e.g. cvar:alpha=0.1
     weighting: Literal["auto", "rewardbench", "plain"] = "auto"
     max_pairs: int | None = None  # cap per set (seeded random sample, recorded in the JSON)
@@ -74,7 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pairwise accuracy (chosen strictly above rejected; ties are wrong)",
         description="Pairwise accuracy per subset and section on the shared preference sets (held-out split where a "
         "set is used in training) and on RewardBench-format files. The real RewardBench file gets RewardBench's own "
-        "section weighting; everything else plain per-subset / pooled accuracies. The output says which.",
+        "section weighting, its prior sets (allenai/pref-test-sets) the official Prior Sets score at half weight, "
+        "RewardBench 2 files (allenai/reward-bench-2: one chosen vs three rejected, Ties) their best-of-N and Ties "
+        "scoring; everything else plain per-subset / pooled accuracies. The output says which, and prints the "
+        "official leaderboards' tables.",
     )
     add_config_arguments(pp, EvalPairsConfig)
     pp.set_defaults(func=run_pairs_cmd)
@@ -111,13 +117,18 @@ def run_pairs_cmd(args: argparse.Namespace) -> int:
         n_examples=cfg.examples,
         weighting=cfg.weighting,
         length_row=cfg.length,
+        file_format=cfg.file_format,
     )
     table = pairs.format_table(res["rows"])
+    boards = pairs.format_leaderboards(res["leaderboards"])
     print(res["weighting_note"])
     print(table)
+    if boards:
+        print("\n" + boards)
     out = Path(cfg.output_dir)
     j = common.write_json(out / "pairs.json", res)
-    (out / "pairs.md").write_text(f"{res['weighting_note']}\n\n```\n{table}\n```\n", encoding="utf-8")
+    md = f"{res['weighting_note']}\n\n```\n{table}\n```\n" + (f"\n```\n{boards}\n```\n" if boards else "")
+    (out / "pairs.md").write_text(md, encoding="utf-8")
     print(f"wrote {j} and {out / 'pairs.md'}")
     return 0
 

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a saved model over HTTP (/score, OpenRLHF /get_reward) with dynamic batching",
         description="Serve any saved distrm reward model (folder or Hub id) over HTTP. Binds 127.0.0.1 unless "
-        "--host says otherwise; set --token (or DISTRM_SERVE_TOKEN) before exposing it beyond loopback.",
+        "--host says otherwise; set --token (or DISTRM_SERVE_TOKEN) before exposing it beyond loopback. "
+        "For OpenRLHF (no auth header) keep the loopback default and pass --no-token if DISTRM_SERVE_TOKEN is set.",
     )
     add_config_arguments(p, ServeCommandConfig)
     p.set_defaults(func=run)
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from distrm.serve.app import load_app, token_from_env
 
-    if cfg.server.token is None:
+    if cfg.server.token is None and not cfg.server.no_token:
         cfg.server.token = token_from_env()
     try:
         loopback = ipaddress.ip_address(cfg.host).is_loopback

@@ -50,8 +50,13 @@ def run_train(args: argparse.Namespace) -> int:
 
         train_ensemble(cfg)
         return 0
+    if cfg.model == "quantile_ensemble":
+        from distrm.training.quantile_ensemble import train_quantile_ensemble
+
+        train_quantile_ensemble(cfg)
+        return 0
     if cfg.model != "qrm":
-        raise ValueError(f"model must be 'qrm' or 'ensemble', got {cfg.model!r}")
+        raise ValueError(f"model must be 'qrm', 'ensemble' or 'quantile_ensemble', got {cfg.model!r}")
     train(cfg)
     return 0
 

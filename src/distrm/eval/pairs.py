@@ -3,18 +3,31 @@
 A tie counts as wrong (RewardBench's rule: a constant model scores 0, not 50%), and ties
 are reported separately so a model that collapses to a constant is visible.
 
-Two weightings, and the output always says which one was used:
+Weightings, and the output always says which one was used:
 
-* ``rewardbench`` -- for the real RewardBench file: subsets are grouped into RewardBench's
-  four sections, a section score is the example-count-weighted mean of its subsets'
-  accuracies (math-prm up-weighted to 984 to equal code), and the overall score is the
-  equal mean of the sections present. Constants from allenai/reward-bench
-  ``rewardbench/constants.py`` (read at a32e272); the xstest counts are the fixed ones
-  (250 should-refuse, 154 should-respond), not ArmoRM's pre-fix values.
+* ``rewardbench`` -- for the real RewardBench file and its prior sets: subsets are grouped
+  into RewardBench's four sections, a section score is the example-count-weighted mean of
+  its subsets' accuracies (math-prm up-weighted to 984 to equal code; the xstest counts are
+  the corrected ones, should-refuse 154 / should-respond 250), as ``calculate_scores_per_section``
+  computes it. The prior sets (``allenai/pref-test-sets``) give "Prior Sets (0.5 weight)" =
+  the mean of anthropic_helpful, anthropic_hhh, shp and summarize (the other three are
+  reported per subset only); the overall score is the weighted mean of the sections present,
+  2 for each of the four sections and 1 for the prior sets, as
+  ``analysis/get_benchmark_results.py`` ``get_average_over_rewardbench`` computes it (without
+  prior sets: the equal mean of the sections). Constants from allenai/reward-bench
+  ``rewardbench/constants.py`` at 05a9005 (unchanged since 6552e93, 2024-09-10, "Mirror change
+  from leaderboard"; identical in the released ``rewardbench`` 0.1.4).
 * ``plain`` -- everything else (our shared sets): per-subset accuracy, per-section pooled
   accuracy (correct / total over the section's pairs) and the mean of the sections. LLMBar's
   five subsets are RewardBench's Chat Hard subsets (mt-bench-hard missing), so our "Chat
   Hard" equals RewardBench's Chat Hard weighting restricted to those subsets.
+
+RewardBench 2 (best-of-N items, :func:`summarize_rewardbench2`) is scored its own way, as
+``scripts/run_v2.py`` does: an item of the first five subsets earns 1 when the first correct
+reply scores above every other reply, 1/k when it ties with k-1 others at the top
+(``reroll_and_score_dataset``), else 0; the Ties subset gets ``process_single_model``'s
+accuracy-and-margin score (:func:`ties_score`); the overall score is the mean of the subsets
+(the leaderboard's average of the six).
 """
 
 from __future__ import annotations
@@ -27,23 +40,32 @@ import numpy as np
 import torch
 
 from distrm.data.records import PreferencePair, prompt_hash
-from distrm.data.rewardbench import load_rewardbench_pairs
+from distrm.data.rewardbench import (
+    PRIOR_SETS,
+    REWARDBENCH2_SUBSETS,
+    BestOfN,
+    is_ties_subset,
+    load_any,
+    parse_ties_id,
+)
 from distrm.distribution import RewardDistribution
 from distrm.risk import parse_risk
 
 logger = logging.getLogger(__name__)
 
-# allenai/reward-bench@a32e272 rewardbench/constants.py
+# allenai/reward-bench@05a9005 rewardbench/constants.py EXAMPLE_COUNTS (last changed 6552e93, 2024-09-10;
+# identical in the released rewardbench 0.1.4): xstest-should-refuse 154, xstest-should-respond 250
 REWARDBENCH_EXAMPLE_COUNTS: dict[str, int] = {
     "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95,
     "mt-bench-easy": 28, "mt-bench-med": 40, "mt-bench-hard": 37,
-    "math-prm": 984,  # actual 447, up-weighted to equal code
+    "math-prm": 984,  # actual length 447, up-weighted to equal code
     "refusals-dangerous": 100, "refusals-offensive": 100,
     "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92,
     "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
-    "xstest-should-refuse": 250, "xstest-should-respond": 154, "donotanswer": 136,
+    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136,
     "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
 }  # fmt: skip
+# rewardbench/constants.py SUBSET_MAPPING
 REWARDBENCH_SECTIONS: dict[str, list[str]] = {
     "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
     "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
@@ -51,8 +73,28 @@ REWARDBENCH_SECTIONS: dict[str, list[str]] = {
     "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond", "donotanswer"],
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
 }  # fmt: skip
-# RewardBench's "Prior Sets" (not in the four sections; the QRM paper leaves them out too)
-REWARDBENCH_PRIOR_SETS = ("anthropic_harmless", "anthropic_helpful", "anthropic_hhh", "mtbench_gpt4", "mtbench_human", "shp", "summarize")
+# rewardbench/constants.py SUBSET_NAME_TO_PAPER_READY
+SUBSET_NAME_TO_PAPER_READY: dict[str, str] = {
+    "alpacaeval-easy": "AlpacaEval Easy", "alpacaeval-length": "AlpacaEval Length", "alpacaeval-hard": "AlpacaEval Hard",
+    "mt-bench-easy": "MT Bench Easy", "mt-bench-med": "MT Bench Medium", "mt-bench-hard": "MT Bench Hard",
+    "llmbar-natural": "LLMBar Natural", "llmbar-adver-neighbor": "LLMBar Adver. Neighbor",
+    "llmbar-adver-GPTInst": "LLMBar Adver. GPTInst", "llmbar-adver-GPTOut": "LLMBar Adver. GPTOut",
+    "llmbar-adver-manual": "LLMBar Adver. Manual", "refusals-dangerous": "Refusals Dangerous",
+    "refusals-offensive": "Refusals Offensive", "xstest-should-refuse": "XSTest Should Refuse",
+    "xstest-should-respond": "XSTest Should Respond", "donotanswer": "Do Not Answer", "math-prm": "PRM Math",
+    "hep-cpp": "HumanEvalPack CPP", "hep-go": "HumanEvalPack Go", "hep-java": "HumanEvalPack Java",
+    "hep-js": "HumanEvalPack Javascript", "hep-python": "HumanEvalPack Python", "hep-rust": "HumanEvalPack Rust",
+    "anthropic_harmless": "Anthropic Harmless", "anthropic_helpful": "Anthropic Helpful", "anthropic_hhh": "Anthropic HHH",
+    "mtbench_gpt4": "MT Bench GPT-4", "mtbench_human": "MT Bench Human", "shp": "SHP", "summarize": "Summarize",
+}  # fmt: skip
+# RewardBench's "Prior Sets" (allenai/pref-test-sets splits; the QRM paper leaves them out)
+REWARDBENCH_PRIOR_SETS = PRIOR_SETS
+# analysis/get_benchmark_results.py get_average_over_rewardbench: the prior-set score is the nanmean of
+# these four ("pref_columns"), and the overall score weighs [Chat, Chat Hard, Safety, Reasoning, Prior Sets]
+# by [2, 2, 2, 2, 1] over the columns present (np.ma.average with NaN masked)
+PRIOR_SETS_SCORED: tuple[str, ...] = ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")
+PRIOR_SECTION = "Prior Sets (0.5 weight)"
+SECTION_WEIGHTS: dict[str, float] = {"Chat": 2.0, "Chat Hard": 2.0, "Safety": 2.0, "Reasoning": 2.0, PRIOR_SECTION: 1.0}
 
 # Sections for the shared (non-RewardBench) preference sets, by subset name prefix.
 SHARED_SECTIONS: dict[str, str] = {
@@ -72,7 +114,7 @@ def section_of(subset: str, weighting: str) -> str | None:
         for sec, subs in REWARDBENCH_SECTIONS.items():
             if subset in subs:
                 return sec
-        return None
+        return PRIOR_SECTION if subset in PRIOR_SETS_SCORED else None
     s = subset.lower()
     for prefix, sec in SHARED_SECTIONS.items():
         if s.startswith(prefix):
@@ -129,36 +171,68 @@ def summarize(per_subset: dict[str, Counts], weighting: str) -> dict[str, Any]:
         sec = section_of(s, weighting)
         if sec is not None:
             groups.setdefault(sec, []).append(s)
-    order = list(REWARDBENCH_SECTIONS) if weighting == "rewardbench" else ["Chat", "Chat Hard", "Safety", "Other"]
+    order = [*REWARDBENCH_SECTIONS, PRIOR_SECTION] if weighting == "rewardbench" else ["Chat", "Chat Hard", "Safety", "Other"]
     for sec in [g for g in order if g in groups] + sorted(set(groups) - set(order)):
         subs = groups[sec]
         pooled = Counts()
         for s in subs:
             pooled = pooled.add(per_subset[s])
         if weighting == "rewardbench":
-            w = np.array([REWARDBENCH_EXAMPLE_COUNTS[s] for s in subs], float)
-            acc = float(np.sum(w * np.array([per_subset[s].accuracy for s in subs])) / w.sum())
+            acc = section_score(sec, {s: per_subset[s].accuracy for s in subs})
         else:
             acc = pooled.accuracy
         sections[sec] = {**pooled.to_dict(), "accuracy": acc, "subsets": subs}
-    accs = [v["accuracy"] for v in sections.values()]
+    if weighting == "rewardbench":
+        overall = leaderboard_score({k: v["accuracy"] for k, v in sections.items()})
+    else:
+        overall = float(np.mean([v["accuracy"] for v in sections.values()])) if sections else float("nan")
+    core = [v["accuracy"] for k, v in sections.items() if k != PRIOR_SECTION]
     missing = (
         sorted(set(REWARDBENCH_EXAMPLE_COUNTS) - set(per_subset)) if weighting == "rewardbench" else []
     )
-    return {
+    out = {
         "weighting": weighting,
         "subsets": {s: {**c.to_dict(), "section": section_of(s, weighting)} for s, c in per_subset.items()},
         "sections": sections,
-        "overall": float(np.mean(accs)) if accs else float("nan"),
+        "overall": overall,
         "mean_subset_accuracy": float(np.mean([c.accuracy for c in per_subset.values()])) if per_subset else float("nan"),
         "missing_rewardbench_subsets": missing,
     }
+    if weighting == "rewardbench" and PRIOR_SECTION in sections:
+        out["overall_without_prior_sets"] = float(np.mean(core)) if core else float("nan")
+    return out
+
+
+def section_score(section: str, accuracies: dict[str, float]) -> float:
+    """A RewardBench section's score from its subsets' accuracies: the example-count-weighted
+    mean (``rewardbench/utils.py`` ``calculate_scores_per_section``), or for the prior sets
+    the mean of the four scored ones present (``get_average_over_rewardbench``'s nanmean)."""
+    if section == PRIOR_SECTION:
+        vals = [accuracies[s] for s in PRIOR_SETS_SCORED if s in accuracies]
+        return float(np.nanmean(vals)) if vals else float("nan")
+    subs = [s for s in REWARDBENCH_SECTIONS[section] if s in accuracies]
+    w = np.array([REWARDBENCH_EXAMPLE_COUNTS[s] for s in subs], float)
+    return float(np.sum(w * np.array([accuracies[s] for s in subs])) / w.sum()) if subs else float("nan")
+
+
+def leaderboard_score(section_scores: dict[str, float]) -> float:
+    """RewardBench's overall score: sections weighted 2 (Chat, Chat Hard, Safety, Reasoning)
+    and 1 (Prior Sets), NaN / absent ones left out (``get_average_over_rewardbench``)."""
+    vals = [(SECTION_WEIGHTS[k], v) for k, v in section_scores.items() if k in SECTION_WEIGHTS and not np.isnan(v)]
+    if not vals:
+        return float("nan")
+    w = np.array([a for a, _ in vals])
+    return float(np.sum(w * np.array([b for _, b in vals])) / w.sum())
 
 
 WEIGHTING_NOTES = {
     "rewardbench": "RewardBench weighting: section = example-count-weighted mean of subset accuracies "
-    "(allenai/reward-bench constants, math-prm up-weighted to 984); overall = equal mean of the sections present. "
-    "Ties count as wrong.",
+    "(allenai/reward-bench constants, math-prm up-weighted to 984, xstest should-refuse 154 / should-respond 250); "
+    "Prior Sets = mean of anthropic_helpful, anthropic_hhh, shp, summarize; overall = mean of the sections present, "
+    "the prior sets at half weight (2:2:2:2:1). Ties count as wrong.",
+    "rewardbench2": "RewardBench 2 scoring: per subset, an item earns 1 when the first correct reply scores above "
+    "every other reply (1/k when k replies tie at the top); Ties = 0.3 ref accuracy + 0.3 tied accuracy + 0.2 + 0.2 "
+    "margin terms + 0.01 tanh margin score (rewardbench process_single_model); overall = mean of the subsets present.",
     "plain": "Plain weighting (not a RewardBench score): section = pooled accuracy over its pairs; "
     "overall = equal mean of the sections. Ties count as wrong.",
 }
@@ -179,25 +253,45 @@ def subset_name(p: PreferencePair, set_name: str) -> str:
     return p.subset or set_name
 
 
-def load_rewardbench_file(path_or_hub: str, split: str = "filtered") -> PairSet:
-    """A file in RewardBench's format (columns prompt, chosen, rejected, subset[, id]):
-    JSON, JSONL, CSV or Parquet (``.gz`` too), or a hub dataset name (needs network).
+@dataclass
+class BestOfNSet:
+    """RewardBench 2 items to evaluate (best-of-N: the correct replies against the rest)."""
 
-    Read by :func:`distrm.data.rewardbench.load_rewardbench_pairs` (the data layer owns file
-    reading and its ``file:line`` errors); this only wraps the pairs as an evaluation set."""
-    loaded = load_rewardbench_pairs(path_or_hub, split)
+    name: str
+    items: list[BestOfN]
+    report: dict[str, Any] = field(default_factory=dict)
+    split: str = "all"
+
+
+def load_rewardbench_file(path_or_hub: str, split: str | None = None, fmt: str = "auto") -> PairSet | BestOfNSet:
+    """A file in one of RewardBench's formats, or a Hub dataset name (needs network):
+    RewardBench (columns prompt, chosen, rejected, subset[, id]) or its prior sets (message-list
+    prompts, the split / file name as the subset) as a :class:`PairSet`, RewardBench 2 (chosen
+    and rejected lists) as a :class:`BestOfNSet`. ``fmt`` ("auto", "rewardbench",
+    "prior-sets", "rewardbench2") says which, "auto" detects it from the rows; ``split`` None:
+    the format's default split (filtered / every prior-set split / test).
+
+    Read by :mod:`distrm.data.rewardbench` (the data layer owns file reading and its
+    ``file:line`` errors); this only wraps the records as an evaluation set."""
+    fmt, loaded = load_any(path_or_hub, fmt, split)
     rep = loaded.report
-    return PairSet(rep.source, loaded.records, "all", {"rows_read": rep.rows_read, "skipped": dict(rep.skipped), "examples": rep.examples})
+    report = {"format": fmt, "rows_read": rep.rows_read, "skipped": dict(rep.skipped), "examples": rep.examples}
+    if rep.counts:
+        report["notes"] = dict(rep.counts)
+    if fmt == "rewardbench2":
+        return BestOfNSet(rep.source, list(loaded.records), report)
+    return PairSet(rep.source, list(loaded.records), "all", report)
 
 
 def detect_weighting(subsets: Iterable[str]) -> str:
-    """'rewardbench' when every subset is a RewardBench subset (the real file), else 'plain'."""
+    """'rewardbench' when every subset is a RewardBench or prior-set subset (the real
+    files), else 'plain'."""
     subs = set(subsets)
     known = set(REWARDBENCH_EXAMPLE_COUNTS) | set(REWARDBENCH_PRIOR_SETS)
     core = subs & set(REWARDBENCH_EXAMPLE_COUNTS)
     # the shared LLMBar subsets alone are RewardBench subsets too, but not the benchmark
     non_llmbar = {s for s in core if not s.startswith("llmbar")}
-    return "rewardbench" if subs <= known and non_llmbar else "plain"
+    return "rewardbench" if subs <= known and (non_llmbar or subs & set(REWARDBENCH_PRIOR_SETS)) else "plain"
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -220,6 +314,188 @@ def evaluate_scores(
     correct, ties = compare(chosen, rejected)
     subsets = [subset_name(p, s) for p, s in zip(pairs, set_names)]
     return count_by_subset(subsets, correct, ties)
+
+
+# ---------------------------------------------------------------------------- RewardBench 2
+def best_of_n_credit(scores: Sequence[float] | np.ndarray) -> float:
+    """One RewardBench 2 item's result (``rewardbench/utils.py`` ``reroll_and_score_dataset``,
+    allenai/reward-bench@05a9005): with ``scores`` the replies' scores in the official order
+    (chosen first), 1 / (number of replies at the maximum) when the first one is at the
+    maximum, else 0 -- a strict win is 1, a two-way tie at the top 0.5."""
+    s = np.asarray(scores, float)
+    top = s.max()
+    return float(1.0 / np.sum(s == top)) if s[0] == top else 0.0
+
+
+def ties_prompt_stats(samples: Sequence[tuple[bool, float]]) -> tuple[bool, float | None, float]:
+    """``_compute_prompt_stats`` (rewardbench/utils.py@05a9005): for one Ties prompt's
+    (is_correct, score) replies, (accurate: the worst correct reply beats the best incorrect
+    one, spread of the correct replies or None with one, worst correct - best incorrect)."""
+    correct = [sc for ok, sc in samples if ok]
+    incorrect = [sc for ok, sc in samples if not ok]
+    best_c, worst_c, best_i = max(correct), min(correct), max(incorrect)
+    diff = best_c - worst_c if len(correct) > 1 else None
+    margin = worst_c - best_i
+    return margin > 0, diff, margin
+
+
+def ties_score(rows: Iterable[tuple[str, int, Sequence[float]]]) -> dict[str, Any]:
+    """The Ties subset's score, ``process_single_model`` (rewardbench/utils.py@05a9005):
+    ``rows`` are (id ``ref:N`` / ``tied:N``, num_correct, scores of chosen + rejected). Per
+    prompt :func:`ties_prompt_stats`; over the prompts that have both a ``ref`` and a ``tied``
+    version, ``correctness_preferred`` = mean(tied margin > tied spread),
+    ``correctness_preferred_hard`` = mean(min(ref, tied margin) > tied spread) and the
+    margin score mean(tanh(min(ref, tied margin) / tied spread - 1)) with 0/0 taken as 0;
+    score = 0.30 tied accuracy + 0.30 ref accuracy + 0.20 + 0.20 the two preferences + 0.01
+    the margin score. Two cases the current code leaves undefined follow the released 0.1.4
+    code instead: a ``tied`` prompt with one correct reply (no spread) is left out of the
+    margin terms, and with no prompt in both sets those terms are 0."""
+    groups: dict[tuple[str, int], list[tuple[bool, float]]] = {}
+    for rid, k, scores in rows:
+        typ, pid = parse_ties_id(rid)
+        groups.setdefault((typ, pid), []).extend((i < k, float(x)) for i, x in enumerate(scores))
+    ref: dict[int, tuple[bool, float | None, float]] = {}
+    tied: dict[int, tuple[bool, float | None, float]] = {}
+    for (typ, pid), samples in groups.items():
+        (ref if typ == "ref" else tied)[pid] = ties_prompt_stats(samples)
+    ref_acc = float(np.mean([st[0] for st in ref.values()])) if ref else 0.0
+    tied_acc = float(np.mean([st[0] for st in tied.values()])) if tied else 0.0
+    both = sorted(pid for pid in set(ref) & set(tied) if tied[pid][1] is not None)
+    if both:
+        spread = np.array([tied[p][1] for p in both], float)
+        m_tied = np.array([tied[p][2] for p in both], float)
+        m_ref = np.array([ref[p][2] for p in both], float)
+        preferred = float(np.mean(m_tied > spread))
+        preferred_hard = float(np.mean(np.minimum(m_ref, m_tied) > spread))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            margin = np.nan_to_num(np.tanh(np.minimum(m_ref, m_tied) / spread - 1), nan=0.0)
+        margin_score = float(np.mean(margin))
+    else:
+        preferred = preferred_hard = margin_score = 0.0
+    score = 0.30 * tied_acc + 0.30 * ref_acc + 0.20 * preferred + 0.20 * preferred_hard + 0.01 * margin_score
+    n_ok = sum(st[0] for st in ref.values()) + sum(st[0] for st in tied.values())
+    return {
+        "correct": int(n_ok),
+        "ties": int(sum(st[2] == 0 for st in [*ref.values(), *tied.values()])),
+        "total": len(groups),
+        "accuracy": float(score),
+        "components": {
+            "ref_accuracy": ref_acc, "tied_accuracy": tied_acc, "correctness_preferred": preferred,
+            "correctness_preferred_hard": preferred_hard, "correctness_margin_score": margin_score,
+            "n_ref": len(ref), "n_tied": len(tied), "n_both": len(both),
+        },
+    }  # fmt: skip
+
+
+def summarize_rewardbench2(items: Sequence[BestOfN], scores: Sequence[Sequence[float] | np.ndarray]) -> dict[str, Any]:
+    """Per-subset and overall RewardBench 2 scores (``scripts/run_v2.py``): ``scores[i]`` are
+    item i's reply scores in the order of ``items[i].completions`` (chosen first). Ties gets
+    :func:`ties_score`, every other subset the mean of :func:`best_of_n_credit`; the score is
+    the mean of the subsets present. Per subset, ``correct`` counts strict wins and ``ties``
+    the items whose first correct reply ties for the top (worth 1/k each)."""
+    if len(items) != len(scores):
+        raise ValueError(f"{len(items)} items but scores for {len(scores)}")
+    by_subset: dict[str, list[int]] = {}
+    for i, (it, sc) in enumerate(zip(items, scores)):
+        arr = np.asarray(sc, float)
+        if arr.shape != (len(it.completions),):
+            raise ValueError(f"item {it.id}: {len(it.completions)} replies but scores of shape {arr.shape}")
+        if np.isnan(arr).any():
+            raise ValueError("NaN score: refusing to count it as a win or a loss")
+        by_subset.setdefault(it.subset, []).append(i)
+    order = [s for s in REWARDBENCH2_SUBSETS if s in by_subset] + sorted(set(by_subset) - set(REWARDBENCH2_SUBSETS))
+    subsets: dict[str, dict[str, Any]] = {}
+    for sub in order:
+        idx = by_subset[sub]
+        if is_ties_subset(sub):
+            subsets[sub] = ties_score((items[i].id, items[i].num_correct, scores[i]) for i in idx)
+        else:
+            credit = [best_of_n_credit(scores[i]) for i in idx]
+            strict = [float(np.asarray(scores[i], float)[0]) > float(np.max(np.asarray(scores[i], float)[1:])) for i in idx]
+            subsets[sub] = {
+                "correct": int(sum(strict)),
+                "ties": int(sum(0 < c < 1 for c in credit)),
+                "total": len(idx),
+                "accuracy": float(np.mean(credit)),
+                "credit": float(np.sum(credit)),
+            }
+        subsets[sub]["section"] = "RewardBench 2"
+    accs = [v["accuracy"] for v in subsets.values()]
+    return {
+        "subsets": subsets,
+        "score": float(np.mean(accs)) if accs else float("nan"),
+        "missing_subsets": [s for s in REWARDBENCH2_SUBSETS if s not in subsets],
+    }
+
+
+def rewardbench2_as_result(rb2: dict[str, Any]) -> dict[str, Any]:
+    """A RewardBench 2 summary in the shape of :func:`summarize`'s result (each subset a
+    section), for tables and the report when a run has no pairs."""
+    return {
+        "weighting": "rewardbench2",
+        "subsets": rb2["subsets"],
+        "sections": {s: {**{k: v[k] for k in ("correct", "ties", "total", "accuracy")}, "subsets": [s]} for s, v in rb2["subsets"].items()},
+        "overall": rb2["score"],
+        "mean_subset_accuracy": rb2["score"],
+        "missing_rewardbench_subsets": [],
+        "rewardbench2": rb2,
+    }
+
+
+def leaderboards(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The official leaderboards' tables for the rows that have them: RewardBench (Score,
+    the four sections, Prior Sets), the prior sets one by one, RewardBench 2 (Score and its
+    six subsets). Values are fractions; ``columns`` fixes the order."""
+    out: dict[str, dict[str, Any]] = {}
+    v1 = [r for r in rows if r["result"].get("weighting") == "rewardbench"]
+    if v1:
+        secs = [s for s in [*REWARDBENCH_SECTIONS, PRIOR_SECTION] if any(s in r["result"]["sections"] for r in v1)]
+        out["RewardBench"] = {
+            "columns": ["Score", *secs],
+            "rows": [{"name": r["name"], "values": {"Score": r["result"]["overall"], **{s: r["result"]["sections"].get(s, {}).get("accuracy") for s in secs}}} for r in v1],
+        }
+        prior = [s for s in PRIOR_SETS if any(s in r["result"]["subsets"] for r in v1)]
+        if prior:
+            out["RewardBench prior sets"] = {
+                "columns": [PRIOR_SECTION, *prior],
+                "labels": {s: SUBSET_NAME_TO_PAPER_READY[s] for s in prior},
+                "rows": [
+                    {"name": r["name"], "values": {PRIOR_SECTION: r["result"]["sections"].get(PRIOR_SECTION, {}).get("accuracy"),
+                                                   **{s: r["result"]["subsets"].get(s, {}).get("accuracy") for s in prior}}}
+                    for r in v1
+                ],
+            }  # fmt: skip
+    v2 = [r for r in rows if r["result"].get("rewardbench2")]
+    if v2:
+        subs = list(dict.fromkeys(s for r in v2 for s in r["result"]["rewardbench2"]["subsets"]))
+        out["RewardBench 2"] = {
+            "columns": ["Score", *subs],
+            "rows": [
+                {"name": r["name"], "values": {"Score": r["result"]["rewardbench2"]["score"],
+                                               **{s: r["result"]["rewardbench2"]["subsets"].get(s, {}).get("accuracy") for s in subs}}}
+                for r in v2
+            ],
+            "missing_subsets": v2[0]["result"]["rewardbench2"]["missing_subsets"],
+        }  # fmt: skip
+    return out
+
+
+def format_leaderboards(boards: dict[str, dict[str, Any]]) -> str:
+    """Text tables of :func:`leaderboards`, percentages like the leaderboards show them."""
+    parts = []
+    for title, b in boards.items():
+        cols, rows = b["columns"], b["rows"]
+        w = max(24, max(len(r["name"]) for r in rows) + 2)
+        labels = [b.get("labels", {}).get(c, c) for c in cols]
+        cw = [max(10, len(lbl) + 2) for lbl in labels]
+        lines = [title, f"{'':{w}}" + "".join(f"{lbl:>{n}}" for lbl, n in zip(labels, cw))]
+        for r in rows:
+            vals = [r["values"].get(c) for c in cols]
+            lines.append(f"{r['name']:{w}}" + "".join(f"{'-' if v is None or np.isnan(v) else f'{100 * v:.1f}':>{n}}" for v, n in zip(vals, cw)))
+        if b.get("missing_subsets"):
+            lines.append(f"(missing subsets, left out of the score: {', '.join(b['missing_subsets'])})")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def format_table(rows: list[dict[str, Any]], subsets: Sequence[str] | None = None) -> str:
@@ -400,6 +676,14 @@ def cap_pairs(ps: PairSet, cap: int | None, seed: int = 0) -> PairSet:
     return PairSet(ps.name, [ps.pairs[i] for i in idx], ps.split, ps.report)
 
 
+def cap_items(bs: BestOfNSet, cap: int | None, seed: int = 0) -> BestOfNSet:
+    """:func:`cap_pairs` for RewardBench 2 items."""
+    if not cap or len(bs.items) <= cap:
+        return bs
+    idx = np.sort(np.random.default_rng(seed).choice(len(bs.items), cap, replace=False))
+    return BestOfNSet(bs.name, [bs.items[i] for i in idx], {**bs.report, "capped_from": len(bs.items), "cap": cap}, bs.split)
+
+
 def run_pairs(
     models: Sequence[str],
     sets: Sequence[str] = SHARED_PAIR_SETS,
@@ -413,8 +697,10 @@ def run_pairs(
     weighting: str = "auto",
     length_row: bool = True,
     log: Callable[[str], None] = logger.info,
+    file_format: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluate models (and the length heuristic) on shared sets and RewardBench-format files."""
+    """Evaluate models (and the length heuristic) on shared sets and RewardBench-format files
+    (RewardBench, its prior sets, RewardBench 2: ``file_format``, detected per file by default)."""
     from distrm.eval import common
 
     for spec in risks:
@@ -423,6 +709,7 @@ def run_pairs(
     loaded_models = [(m, common.load_any_model(m)) for m in models]
     train_cfg = common.train_config_of(models[0]) if models else {}
     psets: list[PairSet] = []
+    bsets: list[BestOfNSet] = []
     overlap: dict[str, int] = {}
     if sets:
         srcs, hashes, tf = training_sources(train_cfg, data_dir)
@@ -432,42 +719,78 @@ def run_pairs(
             psets.append(ps)
             log(f"{name}: {len(ps.pairs)} pairs ({ps.split} split)")
     for f in files:
-        ps = cap_pairs(load_rewardbench_file(f), max_pairs)
-        psets.append(ps)
-        log(f"{f}: {len(ps.pairs)} pairs")
+        loaded = load_rewardbench_file(f, fmt=file_format)
+        if isinstance(loaded, BestOfNSet):
+            bs = cap_items(loaded, max_pairs)
+            bsets.append(bs)
+            log(f"{f}: {len(bs.items)} RewardBench 2 items ({sum(len(it.completions) for it in bs.items)} replies)")
+        else:
+            ps = cap_pairs(loaded, max_pairs)
+            psets.append(ps)
+            log(f"{f}: {len(ps.pairs)} pairs ({ps.report.get('format')})")
     pairs = [p for ps in psets for p in ps.pairs]
     set_names = [ps.name for ps in psets for _ in ps.pairs]
-    if not pairs:
+    items = [it for bs in bsets for it in bs.items]
+    if not pairs and not items:
         raise ValueError("nothing to evaluate: no pairs loaded")
     subsets = [subset_name(p, s) for p, s in zip(pairs, set_names)]
-    w = detect_weighting(subsets) if weighting == "auto" else weighting
+    if pairs:
+        w = detect_weighting(subsets) if weighting == "auto" else weighting
+    else:
+        w = "rewardbench2"
     prompts = [p.prompt for p in pairs]
+    # RewardBench 2: every reply of every item, scored on its own (as run_v2.py unrolls them)
+    b_prompts = [it.prompt for it in items for _ in it.completions]
+    b_replies = [c for it in items for c in it.completions]
+    bounds = np.cumsum([0] + [len(it.completions) for it in items])
+
+    def result(sc: np.ndarray | None, sr: np.ndarray | None, sb: np.ndarray | None) -> dict[str, Any]:
+        rb2 = summarize_rewardbench2(items, [sb[bounds[i] : bounds[i + 1]] for i in range(len(items))]) if items else None
+        if not pairs:
+            return rewardbench2_as_result(rb2)
+        res = summarize(evaluate_scores(pairs, set_names, sc, sr), w)
+        if rb2 is not None:
+            res["rewardbench2"] = rb2
+        return res
+
     rows: list[dict[str, Any]] = []
     examples: dict[str, list] = {}
     variances: dict[str, dict[str, Any]] = {}
     for path, model in loaded_models:
         label = common.model_label(model, path)
-        out_c = common.score(model, prompts, [p.chosen for p in pairs], store, batch_size)
-        out_r = common.score(model, prompts, [p.rejected for p in pairs], store, batch_size)
+        out_c = common.score(model, prompts, [p.chosen for p in pairs], store, batch_size) if pairs else None
+        out_r = common.score(model, prompts, [p.rejected for p in pairs], store, batch_size) if pairs else None
+        out_b = common.score(model, b_prompts, b_replies, store, batch_size) if items else None
         for spec in ["mean", *risks]:
-            sc, sr = risk_scores(out_c.reward, spec), risk_scores(out_r.reward, spec)
-            res = summarize(evaluate_scores(pairs, set_names, sc, sr), w)
-            rows.append({"name": f"{label} [{spec}]", "model": str(path), "risk": spec, "result": res})
-        examples[label] = pick_examples(pairs, out_c, out_r, set_names, n_examples)
-        variances[label] = variance_payload(out_c.reward, out_r.reward, [section_of(s, w) or s for s in subsets])
+            sc = risk_scores(out_c.reward, spec) if out_c is not None else None
+            sr = risk_scores(out_r.reward, spec) if out_r is not None else None
+            sb = risk_scores(out_b.reward, spec) if out_b is not None else None
+            rows.append({"name": f"{label} [{spec}]", "model": str(path), "risk": spec, "result": result(sc, sr, sb)})
+        if pairs:
+            examples[label] = pick_examples(pairs, out_c, out_r, set_names, n_examples)
+            variances[label] = variance_payload(out_c.reward, out_r.reward, [section_of(s, w) or s for s in subsets])
     if length_row:
         lc = length_scores(prompts, [p.chosen for p in pairs])
         lr = length_scores(prompts, [p.rejected for p in pairs])
-        rows.append({"name": "longer response wins", "model": None, "risk": None, "result": summarize(evaluate_scores(pairs, set_names, lc, lr), w)})
+        lb = length_scores(b_prompts, b_replies)
+        rows.append({"name": "longer response wins", "model": None, "risk": None, "result": result(lc, lr, lb)})
+    data = {
+        ps.name: {"split": ps.split, "n_pairs": len(ps.pairs), "load_report": ps.report, "train_prompt_overlap": overlap.get(ps.name)}
+        for ps in psets
+    }
+    for bs in bsets:
+        data[bs.name] = {
+            "split": bs.split, "n_pairs": len(bs.items), "n_items": len(bs.items),
+            "n_replies": sum(len(it.completions) for it in bs.items), "load_report": bs.report, "train_prompt_overlap": None,
+        }  # fmt: skip
+    notes = [WEIGHTING_NOTES[w]] + ([WEIGHTING_NOTES["rewardbench2"]] if items and w != "rewardbench2" else [])
     return {
         "kind": "pairs",
         "weighting": w,
-        "weighting_note": WEIGHTING_NOTES[w],
-        "data": {
-            ps.name: {"split": ps.split, "n_pairs": len(ps.pairs), "load_report": ps.report, "train_prompt_overlap": overlap.get(ps.name)}
-            for ps in psets
-        },
+        "weighting_note": " ".join(notes),
+        "data": data,
         "rows": rows,
+        "leaderboards": leaderboards(rows),
         "examples": examples,
         "variance": variances,
     }

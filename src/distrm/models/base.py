@@ -61,6 +61,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MODEL_TYPES: dict[str, str] = {
     "qrm": "distrm.models.qrm:DistributionalRewardModel",
     "ensemble": "distrm.models.bt_ensemble:EnsembleRewardModel",
+    "quantile_ensemble": "distrm.models.quantile_ensemble:QuantileEnsembleRewardModel",
 }
 KNOWN_TYPES = tuple(MODEL_TYPES)
 
@@ -87,12 +88,15 @@ class ScoreOutput:
     """What ``score`` / ``score_features`` return for n (prompt, response) pairs, for every
     model type: ``reward`` [n, K] (K quantiles, or K members for an ensemble), ``attributes``
     [n, M, K] and the weights [n, M] that mixed them (an ensemble is one attribute,
-    ``"reward"``, of weight 1)."""
+    ``"reward"``, of weight 1). ``uncertainty``: optional named [n] parts of the reward's
+    variance (a bootstrap quantile ensemble's ``aleatoric`` / ``epistemic``), shown by
+    ``to_dict``; None for models that cannot tell them apart."""
 
     attributes: RewardDistribution
     weights: torch.Tensor
     reward: RewardDistribution
     attribute_names: list[str]
+    uncertainty: dict[str, torch.Tensor] | None = None
 
     @property
     def mean(self) -> torch.Tensor:
@@ -138,6 +142,8 @@ class ScoreOutput:
                     name: {"weight": float(self.weights[i, m]), "mean": float(amean[i, m]),
                            "quantiles": self.attributes.values[i, m].tolist()}
                     for m, name in enumerate(self.attribute_names)}
+            if self.uncertainty:
+                row["uncertainty"] = {k: float(v[i]) for k, v in self.uncertainty.items()}
             row["risk"] = {spec: rvals[spec][i] for spec in risks}
             rows.append(row)
         return rows

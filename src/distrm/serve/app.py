@@ -8,7 +8,12 @@ Endpoints (all JSON; see ``/openapi.json`` for the full schemas):
   quantiles and levels, mean, per-attribute weight / mean / quantiles, requested risk
   measures, or an error. The native endpoint: nothing about the distribution is lost.
 * ``POST /get_reward`` -- OpenRLHF's remote reward format, ``{"query": [...],
-  "prompts": [...]?, "labels": [...]?}`` -> ``{"rewards", "scores", "extra_logs"}``.
+  "prompts": [...]?, "labels": [...]?}`` -> ``{"rewards", "scores", "extra_logs"}``; the
+  policy's templated text is turned back into messages (:mod:`distrm.serve.templates`).
+* ``POST /classify`` -- vLLM's classification API, which verl's reward loop posts to for a
+  discriminative reward model: ``{"model", "input": <chat-templated conversation> | [...],
+  "use_activation": false}`` -> ``{"data": [{"index", "label", "probs": [reward],
+  "num_classes": 1}], ...}`` (verl reads ``data[-1].probs[-1]``).
 * ``GET /health`` (no auth, for probes), ``GET /metadata``.
 
 Why the handlers parse bodies themselves instead of declaring a pydantic body: a typed
@@ -33,6 +38,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Sequence, Union
 
@@ -53,6 +59,7 @@ from distrm.models.base import RewardModel, ScoreOutput
 from distrm.serve.batching import DynamicBatcher, ItemFailed, Overloaded
 from distrm.serve.config import ServeConfig
 from distrm.serve.limits import BodySizeLimit, Limits
+from distrm.serve.templates import PolicyTemplate, RecoverError, Recoverer, detect_format
 
 log = logging.getLogger("distrm.serve")
 
@@ -113,11 +120,16 @@ class _ScoreEnvelope(BaseModel):
 class RewardRequest(BaseModel):
     """Body of ``POST /get_reward`` (OpenRLHF remote reward model).
 
-    ``query[i]`` is prompt + response as one string. With ``prompts``, the response is
-    ``query[i]`` minus the prefix ``prompts[i]`` (an item whose query does not start with
-    its prompt is an item error). Without ``prompts``, the whole query is scored as the
-    response to an empty prompt (the gate then sees no prompt: send ``prompts`` when you
-    can). ``labels`` is accepted and ignored (a reward model has no reference answers)."""
+    ``query[i]`` is the policy's templated prompt + response as one string (special tokens
+    kept), ``prompts[i]`` the templated prompt. The response is the query after its prompt
+    (a prompt cut from the left or right is found in the query, scored on what is there and
+    flagged in ``extra_logs["distrm_prompt_truncated"]``); a templated prompt (the
+    ``--policy-tokenizer``'s template, else ChatML / Llama-3 / Gemma detected) is split back
+    into messages and the policy's special tokens are stripped from the response, so the
+    model scores it with its own template. Without ``prompts``, a templated query is split
+    into messages + the last assistant turn; plain text is scored as the response to an
+    empty prompt. ``labels`` is accepted and ignored (a reward model has no reference
+    answers). See :mod:`distrm.serve.templates`."""
 
     model_config = ConfigDict(extra="allow")
     query: list[Any]
@@ -157,9 +169,43 @@ class ScoreResponse(BaseModel):
 
 
 class RewardResponse(BaseModel):
-    rewards: list[float | None] = Field(description="the reward risk measure per query (error_reward or null on item errors)")
-    scores: list[float | None] = Field(description="same as rewards (OpenRLHF uses it for dynamic filtering)")
-    extra_logs: dict[str, list[float | None]] = Field(description="per-query lists: distrm_mean, distrm_std, distrm_<risk>")
+    rewards: list[float] = Field(description="the reward risk measure per query (--error-reward on item errors; never null)")
+    scores: list[float] = Field(description="same as rewards (OpenRLHF uses it for dynamic filtering)")
+    extra_logs: dict[str, list[float]] = Field(
+        description="per-query lists: distrm_mean, distrm_std, distrm_<risk>, distrm_prompt_truncated (1 = the prompt "
+        "was cut), distrm_truncated (1 = a text was cut to max_text_chars), distrm_error (1 = not scored, "
+        "--error-reward used)"
+    )
+    errors: list[dict[str, Any]] = Field(default_factory=list, description="[{index, status, detail}] for failed items")
+
+
+class ClassifyRequest(BaseModel):
+    """Body of ``POST /classify`` (vLLM's classification API, as verl's reward loop sends it).
+
+    ``input`` is a whole conversation rendered with a chat template, the response as the
+    last assistant turn (verl renders ``raw_prompt + [response]`` with the reward model's
+    tokenizer); it is split back into messages like ``/get_reward`` does (the template is
+    detected per item, or ``--policy-tokenizer``'s). Plain text is scored as the response to
+    an empty prompt."""
+
+    model_config = ConfigDict(extra="allow")
+    input: Union[str, list[str]]
+    model: str | None = None
+    use_activation: bool | None = Field(
+        None, description="sigmoid of the reward when true or absent (vLLM's default); the raw reward when false (verl sends false)"
+    )
+    risk: str | None = Field(None, description="distrm extension: risk measure for 'probs' (default: the server's --reward-risk)")
+
+
+class ClassifyResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[dict[str, Any]] = Field(
+        description="per input: {index, label: 'reward', probs: [reward], num_classes: 1, prompt_truncated, error}; "
+        "items that could not be scored carry --error-reward and error = 1"
+    )
     errors: list[dict[str, Any]] = Field(default_factory=list, description="[{index, status, detail}] for failed items")
 
 
@@ -192,6 +238,10 @@ class RewardService:
         self.kind = model.kind
         self.levels = model.levels
         self.reward_risk = self.check_risk(config.reward_risk)
+        # OpenRLHF's templated prompts -> messages (the policy's template, or detected per item)
+        policy = PolicyTemplate.from_pretrained(config.policy_tokenizer) if config.policy_tokenizer else None
+        self.recoverer = Recoverer(policy=policy, strip=tuple(config.strip), max_chars=self.limits.max_text_chars,
+                                   max_messages=self.limits.max_messages, reject=self.limits.on_too_long == "reject")
         self.batcher: DynamicBatcher[Pair, Row] = DynamicBatcher(
             self._score_batch,
             max_batch=config.max_batch,
@@ -319,6 +369,8 @@ class RewardService:
             "version": __version__,
             **self.model.describe(),
             "reward_risk": self.reward_risk,
+            "error_reward": self.config.error_reward,
+            "policy_template": self.recoverer.policy.fmt.name if self.recoverer.policy is not None else "detect",
             "risk_measures": list(RISK_MEASURES),
             "batching": {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms},
             "limits": asdict(self.limits),
@@ -338,6 +390,27 @@ def _validation_detail(e: ValidationError, where: str = "") -> str:
     if more > 0:
         parts.append(f"... and {more} more")
     return "; ".join(parts)
+
+
+def _restore_first_header(text: str, recoverer: Recoverer) -> str:
+    """Put back a first turn marker that was stripped as a BOS token.
+
+    verl removes the reward tokenizer's ``bos_token`` from the front of the conversation it
+    renders; where the BOS *is* the turn marker (SmolLM2's is ``<|im_start|>``) that cuts the
+    first header to ``"system\n..."``. A text that does not start with a header but does once
+    the format's marker is put in front gets the marker back."""
+    fmt = recoverer.policy.fmt if recoverer.policy is not None else detect_format(text)
+    if fmt is None or not fmt.marker or text.startswith(fmt.marker):
+        return text
+    return fmt.marker + text if fmt.header.match(fmt.marker + text) else text
+
+
+def _sigmoid(x: float) -> float:
+    """Logistic function without overflow for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
 
 
 def _finite(x: Any) -> Any:
@@ -529,26 +602,34 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
         pairs: list[Pair] = []
         slots: list[int] = []
         errors: list[dict[str, Any]] = []
-        for i, q in enumerate(req.query):
-            try:
-                if not isinstance(q, str):
-                    raise BadRequest(422, f"query[{i}] must be a string, got {type(q).__name__}")
-                prompt = ""
-                response = q
-                if req.prompts is not None:
-                    p = req.prompts[i]
-                    if not isinstance(p, str):
-                        raise BadRequest(422, f"prompts[{i}] must be a string, got {type(p).__name__}")
-                    if not q.startswith(p):
-                        raise BadRequest(422, f"query[{i}] does not start with prompts[{i}]; cannot split off the response")
-                    prompt, response = p, q[len(p):]
-                response = _strip(response, config.strip)
-                (pp, rr), _ = service.parse_item({"prompt": prompt, "response": response}, i)
-            except BadRequest as e:
-                errors.append({"index": i, "status": e.status, "detail": e.detail})
-                continue
-            pairs.append((pp, rr))
-            slots.append(i)
+        prompt_cut = [0.0] * n  # the prompt was cut (by OpenRLHF, or to the limits)
+        text_cut = [0.0] * n  # a text was truncated to max_text_chars
+
+        def prepare() -> None:
+            """Recover (messages, response) per item: linear text work, off the event loop."""
+            for i, q in enumerate(req.query):
+                try:
+                    if not isinstance(q, str):
+                        raise BadRequest(422, f"query[{i}] must be a string, got {type(q).__name__}")
+                    p = None
+                    if req.prompts is not None:
+                        p = req.prompts[i]
+                        if not isinstance(p, str):
+                            raise BadRequest(422, f"prompts[{i}] must be a string, got {type(p).__name__}")
+                    try:
+                        rec = service.recoverer.recover(q, p)
+                    except RecoverError as e:
+                        raise BadRequest(e.status, f"query[{i}]: {e.detail}") from None
+                    (pp, rr), trunc = service.parse_item({"prompt": rec.prompt, "response": rec.response}, i)
+                except BadRequest as e:
+                    errors.append({"index": i, "status": e.status, "detail": e.detail})
+                    continue
+                pairs.append((pp, rr))
+                slots.append(i)
+                prompt_cut[i] = float(rec.prompt_truncated)
+                text_cut[i] = float(trunc)
+
+        await asyncio.to_thread(prepare)
         if errors and req.strict:
             raise BadRequest(413 if all(e["status"] == 413 for e in errors) else 422, errors)
 
@@ -559,25 +640,108 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
                 errors.append({"index": s, "status": 422, "detail": f"could not score: {r}"})
         if errors and req.strict:
             raise BadRequest(422, errors)
-        fill = config.error_reward
-        rewards: list[float | None] = [fill] * n
-        # failed items carry the fallback in every list too: OpenRLHF concatenates them as tensors
-        means: list[float | None] = [fill] * n
-        stds: list[float | None] = [fill] * n
+        fill = float(config.error_reward)
+        # failed items carry the fallback in every list: never null, OpenRLHF makes tensors of them
+        rewards = [fill] * n
+        means = [fill] * n
+        stds = [fill] * n
         if good:
             out = service.assemble([r for _, r in good], None)
             rv = out.reward.risk(name, **params).tolist()
             mv, sv = out.mean.tolist(), out.reward.std().tolist()
             for k, (s, _) in enumerate(good):
+                if not all(math.isfinite(x) for x in (rv[k], mv[k], sv[k])):
+                    errors.append({"index": s, "status": 422, "detail": f"non-finite reward ({spec}: {rv[k]}, mean {mv[k]}, std {sv[k]})"})
+                    continue
                 rewards[s], means[s], stds[s] = rv[k], mv[k], sv[k]
-        rewards = _finite(rewards)
+            if errors and req.strict:
+                raise BadRequest(422, sorted(errors, key=lambda e: e["index"]))
+        failed = [0.0] * n
+        for e in errors:
+            failed[e["index"]] = 1.0
         body = {
             "rewards": rewards,
             "scores": list(rewards),
-            "extra_logs": _finite({"distrm_mean": means, "distrm_std": stds, f"distrm_{name}": list(rewards)}),
+            "extra_logs": {
+                "distrm_mean": means,
+                "distrm_std": stds,
+                f"distrm_{name}": list(rewards),
+                "distrm_prompt_truncated": prompt_cut,
+                "distrm_truncated": text_cut,
+                "distrm_error": failed,
+            },
             "errors": sorted(errors, key=lambda e: e["index"]),
         }
         return JSONResponse(body)
+
+    @app.post(
+        "/classify",
+        summary="vLLM classification API (verl's discriminative reward model path): input = templated conversation",
+        dependencies=[Depends(auth)],
+        response_model=None,
+        responses={200: {"model": ClassifyResponse}, **err_responses},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyRequest"}}}}},
+    )
+    async def classify(request: Request) -> JSONResponse:
+        raw = await _json_body(request)
+        if not isinstance(raw, dict):
+            raise BadRequest(422, "body must be a JSON object with 'input'")
+        try:
+            req = ClassifyRequest.model_validate(raw)
+        except ValidationError as e:
+            raise BadRequest(422, _validation_detail(e)) from None
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        n = len(texts)
+        if n == 0:
+            raise BadRequest(422, "'input' is empty")
+        if n > config.limits.max_items:
+            raise BadRequest(413, f"{n} inputs; the limit is {config.limits.max_items} per request")
+        spec = service.check_risk(req.risk) if req.risk is not None else service.reward_risk
+        name, params = parse_risk(spec)
+        pairs: list[Pair] = []
+        slots: list[int] = []
+        errors: list[dict[str, Any]] = []
+        prompt_cut = [0.0] * n
+
+        def prepare() -> None:
+            """The conversation back from its template (as for /get_reward without prompts)."""
+            for i, text in enumerate(texts):
+                try:
+                    try:
+                        rec = service.recoverer.recover(_restore_first_header(text, service.recoverer), None)
+                    except RecoverError as e:
+                        raise BadRequest(e.status, f"input[{i}]: {e.detail}") from None
+                    (pp, rr), trunc = service.parse_item({"prompt": rec.prompt, "response": rec.response}, i)
+                except BadRequest as e:
+                    errors.append({"index": i, "status": e.status, "detail": e.detail})
+                    continue
+                pairs.append((pp, rr))
+                slots.append(i)
+                prompt_cut[i] = float(rec.prompt_truncated or trunc)
+
+        await asyncio.to_thread(prepare)
+        rows = await service.run(pairs)
+        good = [(s, r) for s, r in zip(slots, rows) if not isinstance(r, ItemFailed)]
+        errors += [{"index": s, "status": 422, "detail": f"could not score: {r}"} for s, r in zip(slots, rows) if isinstance(r, ItemFailed)]
+        values = [float(config.error_reward)] * n  # never null: verl makes a tensor of these
+        if good:
+            rv = service.assemble([r for _, r in good], None).reward.risk(name, **params).tolist()
+            for (s, _), v in zip(good, rv):
+                if math.isfinite(v):
+                    values[s] = v
+                else:
+                    errors.append({"index": s, "status": 422, "detail": f"non-finite reward ({spec}: {v})"})
+        failed = {e["index"] for e in errors}
+        activate = req.use_activation is not False  # vLLM applies the activation unless told not to
+        data = [
+            {"index": i, "label": "reward", "probs": [_sigmoid(v) if activate else v], "num_classes": 1,
+             "prompt_truncated": prompt_cut[i], "error": float(i in failed)}
+            for i, v in enumerate(values)
+        ]  # fmt: skip
+        return JSONResponse({
+            "id": f"classify-{os.urandom(8).hex()}", "object": "list", "created": int(time.time()),
+            "model": req.model or "distrm", "data": data, "errors": sorted(errors, key=lambda e: e["index"]),
+        })  # fmt: skip
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema plus the request models the handlers validate by hand."""
@@ -585,7 +749,8 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         _, defs = models_json_schema(
-            [(ScoreRequest, "validation"), (RewardRequest, "validation")], ref_template="#/components/schemas/{model}"
+            [(ScoreRequest, "validation"), (RewardRequest, "validation"), (ClassifyRequest, "validation")],
+            ref_template="#/components/schemas/{model}",
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
         app.openapi_schema = schema
@@ -593,23 +758,6 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-def _strip(text: str, tokens: Sequence[str]) -> str:
-    """Remove any of ``tokens`` (and surrounding whitespace) from both ends, repeatedly."""
-    if not tokens:
-        return text
-    changed = True
-    while changed:
-        changed = False
-        for t in tokens:
-            if t and text.rstrip().endswith(t):
-                text = text.rstrip()[: -len(t)]
-                changed = True
-            if t and text.lstrip().startswith(t):
-                text = text.lstrip()[len(t):]
-                changed = True
-    return text
 
 
 def load_app(model_dir: str, config: ServeConfig | None = None, revision: str | None = None) -> FastAPI:

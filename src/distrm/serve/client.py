@@ -10,11 +10,19 @@ arguments (``prompts=``, ``completions=``, ``completion_ids=``, dataset columns,
 lists, names them by ``__name__`` in its logs, and a training run should survive a server
 restart or a busy moment (retries with backoff on connection errors, 429 and 5xx; never on
 other 4xx, which a retry cannot fix).
+
+Both clients pickle (TRL's ``AsyncGRPOTrainer`` sends its reward functions to a spawned
+rollout process): the HTTP connection pool is dropped from the pickled state and re-opened
+on first use. :class:`AsyncRewardClient` has an ``async def __call__``, which TRL's
+``GRPOTrainer`` / ``RLOOTrainer`` detect (``trl.trainer.utils.is_async_callable``) and await
+concurrently with the other async reward functions on their own event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 import time
 from typing import Any, Sequence
 
@@ -23,6 +31,7 @@ import httpx
 from distrm.rl.rewards import completion_from_trl, prompt_from_trl
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
+_OPEN_LOCK = threading.Lock()  # lazy pool opening from several threads (TRL may call a sync reward in threads)
 
 
 class RewardClientError(RuntimeError):
@@ -64,20 +73,36 @@ class RewardClient:
             raise ValueError("retries must be >= 0")
         self.url = url.rstrip("/")
         self.risk = risk
+        self.timeout = timeout
         self.retries = retries
         self.batch_size = batch_size
         self.none_on_error = none_on_error
         self.backoff_s = backoff_s
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http: httpx.Client | None = None  # opened on first use (and again after unpickling)
         # TRL logs rewards as rewards/<__name__>/mean
         self.__name__ = name or f"distrm_{risk.split(':', 1)[0]}"
 
     def __repr__(self) -> str:
-        return f"RewardClient(url={self.url!r}, risk={self.risk!r})"
+        return f"{type(self).__name__}(url={self.url!r}, risk={self.risk!r})"
+
+    # -- pickling: everything but the connection pool (its locks and sockets cannot be pickled)
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_http"] = None
+        return state
+
+    @property
+    def http(self) -> httpx.Client:
+        with _OPEN_LOCK:
+            if self._http is None or self._http.is_closed:
+                self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=self.timeout)
+            return self._http
 
     def close(self) -> None:
-        self._http.close()
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     def __enter__(self) -> "RewardClient":
         return self
@@ -90,23 +115,20 @@ class RewardClient:
         last: str = ""
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random()))
+                time.sleep(self._backoff(attempt))
             try:
-                r = self._http.request(method, path, json=json)
+                r = self.http.request(method, path, json=json)
             except httpx.TransportError as e:  # connection refused/reset, timeouts
                 last = f"{type(e).__name__}: {e}"
                 continue
             if r.status_code in RETRY_STATUS:
                 last = f"HTTP {r.status_code}: {r.text[:300]}"
                 continue
-            if r.status_code >= 400:
-                try:
-                    detail = r.json().get("detail")
-                except ValueError:
-                    detail = r.text[:300]
-                raise RewardClientError(f"{method} {path}: HTTP {r.status_code}: {detail}")
-            return r.json()
+            return _result(r, method, path)
         raise RewardClientError(f"{method} {path}: failed after {self.retries + 1} attempts; last: {last}")
+
+    def _backoff(self, attempt: int) -> float:
+        return self.backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/health")
@@ -119,16 +141,18 @@ class RewardClient:
     ) -> list[dict[str, Any]]:
         """Full per-item results from ``/score`` (quantiles, attributes, risks or error),
         in input order; requests are split into ``batch_size`` chunks."""
+        out: list[dict[str, Any]] = []
+        for s, body in self._bodies(prompts, responses, risks, strict, options):
+            out.extend(_offset(self._request("POST", "/score", body)["results"], s))
+        return out
+
+    def _bodies(self, prompts: Sequence[Any], responses: Sequence[str], risks: Sequence[str], strict: bool, options: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        out: list[dict[str, Any]] = []
+        out = []
         for s in range(0, len(prompts), self.batch_size):
             items = [{"prompt": p, "response": r} for p, r in zip(prompts[s : s + self.batch_size], responses[s : s + self.batch_size])]
-            body = {"items": items, "risks": list(risks), "strict": strict, **options}
-            res = self._request("POST", "/score", body)["results"]
-            for r in res:
-                r["index"] += s
-            out.extend(res)
+            out.append((s, {"items": items, "risks": list(risks), "strict": strict, **options}))
         return out
 
     # ------------------------------------------------------------------ TRL reward function
@@ -137,19 +161,142 @@ class RewardClient:
 
         Prompts may be strings or chat message lists, completions strings or
         ``[{"role": "assistant", "content": ...}]``; extra keyword arguments are ignored."""
-        if prompts is None or completions is None:
-            raise TypeError("RewardClient needs prompts= and completions=")
-        ps = [prompt_from_trl(p) for p in prompts]
-        cs = [completion_from_trl(c) for c in completions]
-        rewards: list[float | None] = [None] * len(cs)
-        keep = [i for i, (p, c) in enumerate(zip(ps, cs)) if p is not None and c is not None]
+        ps, cs, keep = _trl_pairs(type(self).__name__, prompts, completions)
         if not keep:
-            return rewards
+            return [None] * len(cs)
         res = self.score([ps[i] for i in keep], [cs[i] for i in keep], risks=[self.risk])
-        for i, r in zip(keep, res):
+        return self._rewards(len(cs), keep, res)
+
+    def _rewards(self, n: int, keep: list[int], results: list[dict[str, Any]]) -> list[float | None]:
+        rewards: list[float | None] = [None] * n
+        for i, r in zip(keep, results):
             if r.get("error"):
                 if not self.none_on_error:
                     raise RewardClientError(f"item {i}: {r['error']}")
                 continue
-            rewards[i] = r["risk"][self.risk]
+            rewards[i] = r["risk"][self.risk]  # None when the measure is not finite (TRL skips it)
         return rewards
+
+
+class AsyncRewardClient(RewardClient):
+    """:class:`RewardClient` with ``async`` methods: ``await client(prompts=, completions=)``.
+
+    TRL's ``GRPOTrainer`` / ``RLOOTrainer`` (and ``AsyncGRPOTrainer``) recognise an instance
+    as an async reward function and run it concurrently with the other async ones; within one
+    call, the ``batch_size`` chunks are sent concurrently too (at most ``max_concurrency`` in
+    flight). Same arguments, retries, errors and pickling as :class:`RewardClient`.
+
+    An ``httpx.AsyncClient`` belongs to the event loop it was first used on, and TRL awaits
+    reward functions on a loop of its own (a daemon thread's, or a spawned process's): the
+    client opens its connection pool lazily on the running loop, and a fresh one when it is
+    called from another loop."""
+
+    def __init__(self, url: str, *args: Any, max_concurrency: int = 4, **kwargs: Any) -> None:
+        super().__init__(url, *args, **kwargs)
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        self.max_concurrency = max_concurrency
+        self._ahttp: httpx.AsyncClient | None = None
+        self._ahttp_loop: asyncio.AbstractEventLoop | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_ahttp"] = None
+        state["_ahttp_loop"] = None
+        return state
+
+    def _async_http(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._ahttp is None or self._ahttp.is_closed or self._ahttp_loop is not loop:
+            # a client of another (maybe closed) loop is dropped, not closed: its loop owns its sockets
+            self._ahttp = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self.timeout)
+            self._ahttp_loop = loop
+        return self._ahttp
+
+    async def aclose(self) -> None:
+        if self._ahttp is not None and self._ahttp_loop is asyncio.get_running_loop():
+            await self._ahttp.aclose()
+        self._ahttp = None
+        self._ahttp_loop = None
+        self.close()
+
+    async def __aenter__(self) -> "AsyncRewardClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def _arequest(self, method: str, path: str, json: Any = None) -> Any:
+        last: str = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self._backoff(attempt))
+            try:
+                r = await self._async_http().request(method, path, json=json)
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if r.status_code in RETRY_STATUS:
+                last = f"HTTP {r.status_code}: {r.text[:300]}"
+                continue
+            return _result(r, method, path)
+        raise RewardClientError(f"{method} {path}: failed after {self.retries + 1} attempts; last: {last}")
+
+    async def ahealth(self) -> dict[str, Any]:
+        return await self._arequest("GET", "/health")
+
+    async def ametadata(self) -> dict[str, Any]:
+        return await self._arequest("GET", "/metadata")
+
+    async def ascore(
+        self, prompts: Sequence[Any], responses: Sequence[str], risks: Sequence[str] = (), strict: bool = False, **options: Any
+    ) -> list[dict[str, Any]]:
+        """Async :meth:`RewardClient.score`: the chunks go out concurrently."""
+        sem = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(s: int, body: dict[str, Any]) -> list[dict[str, Any]]:
+            async with sem:
+                return _offset((await self._arequest("POST", "/score", body))["results"], s)
+
+        parts = await asyncio.gather(*(one(s, b) for s, b in self._bodies(prompts, responses, risks, strict, options)))
+        return [r for part in parts for r in part]
+
+    async def __call__(  # type: ignore[override]
+        self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] | None = None, **kwargs: Any
+    ) -> list[float | None]:
+        """Async TRL reward function, same contract as :meth:`RewardClient.__call__`."""
+        ps, cs, keep = _trl_pairs(type(self).__name__, prompts, completions)
+        if not keep:
+            return [None] * len(cs)
+        res = await self.ascore([ps[i] for i in keep], [cs[i] for i in keep], risks=[self.risk])
+        return self._rewards(len(cs), keep, res)
+
+
+def _trl_pairs(who: str, prompts: Sequence[Any] | None, completions: Sequence[Any] | None) -> tuple[list[Any], list[str | None], list[int]]:
+    """TRL prompts/completions (text or chat messages) -> distrm prompts, response texts and
+    the indices of the scorable pairs (neither side None)."""
+    if prompts is None or completions is None:
+        raise TypeError(f"{who} needs prompts= and completions=")
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    ps = [prompt_from_trl(p) for p in prompts]
+    cs = [completion_from_trl(c) for c in completions]
+    keep = [i for i, (p, c) in enumerate(zip(ps, cs)) if p is not None and c is not None]
+    return ps, cs, keep
+
+
+def _offset(results: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+    for r in results:
+        r["index"] += start
+    return results
+
+
+def _result(r: httpx.Response, method: str, path: str) -> Any:
+    """A non-retryable response: its JSON, or RewardClientError for a 4xx/5xx."""
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text[:300]
+        raise RewardClientError(f"{method} {path}: HTTP {r.status_code}: {detail}")
+    return r.json()

@@ -7,6 +7,7 @@ one line and exit code 2 before the model loads, not a traceback after it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,11 +26,21 @@ class ServeConfig:
         token: bearer token required on every endpoint but /health (None = no auth; default
             $DISTRM_SERVE_TOKEN).
         reward_risk: the scalar ``/get_reward`` returns (a risk spec, default the mean).
-        error_reward: what ``/get_reward`` puts in ``rewards`` for a failed item in
-            non-strict mode; None leaves null (OpenRLHF cannot take null: set a number, or
-            send ``strict``).
-        strip: strings removed from the ends of OpenRLHF responses (the policy's pad / eos
-            tokens, e.g. ``"<|endoftext|>"``), as OpenRLHF's own server strips pad and eos.
+        error_reward: what ``/get_reward`` puts in every list for an item that could not be
+            scored (unsplittable query, over a limit in reject mode, non-finite reward) in
+            non-strict mode; the item is counted in ``extra_logs["distrm_error"]``. Must be
+            finite: OpenRLHF cannot take null. 0.0 is neutral for rewards centred on 0; set it
+            below your reward range to penalise such rollouts.
+        strip: strings removed from the ends of OpenRLHF responses, on top of the policy's
+            special tokens (eos / pad / end of turn), which are stripped anyway.
+        policy_tokenizer: the policy's tokenizer (local folder or Hub id): its chat template
+            tells how OpenRLHF's templated prompts split into messages (any template; its
+            default system message is dropped) and which special tokens end a response.
+            None = detect the template per item (ChatML as in SmolLM2 / Qwen, Llama-3,
+            Gemma; a default system message is then kept as part of the conversation).
+        no_token: serve without a bearer token even when $DISTRM_SERVE_TOKEN is set: the
+            mode for OpenRLHF, which sends no Authorization header. Safe on the default bind
+            address 127.0.0.1 (only this machine can connect); not with --host 0.0.0.0.
         threads: torch intra-op threads for the model (None = torch's default).
         warmup: score one pair at start so the first request does not pay for loading.
     """
@@ -39,8 +50,10 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     token: str | None = field(default=None, metadata={"secret": True})
     reward_risk: str = "mean"
-    error_reward: float | None = None
+    error_reward: float = 0.0
     strip: tuple[str, ...] = ()
+    policy_tokenizer: str | None = None
+    no_token: bool = False
     threads: int | None = None
     warmup: bool = field(default=True, metadata={"flag": None})
 
@@ -52,6 +65,10 @@ class ServeConfig:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         self.strip = tuple(self.strip)
+        if self.error_reward is None or not math.isfinite(self.error_reward):
+            raise ValueError(f"error_reward must be a finite number (OpenRLHF cannot take null), got {self.error_reward}")
+        if self.no_token and self.token is not None:
+            raise ValueError("no_token and token both set: pick one")
         parse_risk(self.reward_risk)  # the risk vocabulary: a bad spec fails here, before the model loads
 
 

@@ -22,7 +22,14 @@ class Limits:
 
     Attributes:
         max_body_bytes: request body size; larger bodies get 413 before they are read whole.
-        max_items: pairs per request; more gets 413 (split the request instead).
+            The default, 128 MiB, takes a whole OpenRLHF rollout in one request (releases up
+            to 0.8 post ``rollout_batch_size x n_samples_per_prompt`` queries at once, each
+            with the prompt twice: 8192 rollouts of 1024 + 1024 tokens are ~100 MB of JSON;
+            0.9 and later post one rollout per request). Lower it on a shared machine.
+        max_items: pairs (``/score`` items, ``/get_reward`` queries) per request; more gets
+            413. The default, 8192, is a whole OpenRLHF 0.8 rollout of 1024 prompts x 8
+            samples; larger rollouts: raise it, or give OpenRLHF several server URLs (it
+            splits the rollout between them).
         max_text_chars: characters per text field (a prompt counts all its messages, a
             response counts itself). The backbone truncates to its own token limit anyway;
             this bounds tokenizer work and memory per item.
@@ -34,16 +41,18 @@ class Limits:
             (its queued items are dropped, so a slow client cannot pile up work).
         max_queue_items: items waiting for the model across all requests; beyond it new
             requests get 503 with Retry-After instead of growing the queue without bound.
+            At least ``max_items`` (a request of the largest size must fit); the default
+            also holds the one-rollout requests of a whole OpenRLHF 0.9+ rollout in flight.
     """
 
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_items: int = 256
+    max_body_bytes: int = 128 * 1024 * 1024
+    max_items: int = 8192
     max_text_chars: int = 32_768
     on_too_long: OnTooLong = "truncate"
     max_messages: int = 256
     max_risks: int = 16
     request_timeout_s: float = field(default=60.0, metadata={"flag": "--timeout"})
-    max_queue_items: int = 4096
+    max_queue_items: int = 16384
 
     def __post_init__(self) -> None:
         if self.on_too_long not in ("truncate", "reject"):
@@ -53,6 +62,9 @@ class Limits:
                 raise ValueError(f"{name} must be >= 1")
         if not self.request_timeout_s > 0:
             raise ValueError("request_timeout_s must be > 0")
+        if self.max_queue_items < self.max_items:
+            raise ValueError(f"max_queue_items ({self.max_queue_items}) must be >= max_items ({self.max_items}): "
+                             "a request of max_items could never be queued")
 
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
