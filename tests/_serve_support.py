@@ -63,11 +63,16 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_server(model_dir: Path, config: ServeConfig) -> Iterator[str]:
-    """Serve ``model_dir`` on 127.0.0.1 in a thread; yields the base URL."""
+def running_server(model_dir: Path, config: ServeConfig, app_out: list | None = None, **uvicorn_kwargs) -> Iterator[str]:
+    """Serve ``model_dir`` on 127.0.0.1 in a thread; yields the base URL. The idle
+    (keep-alive) timeout is the config's, as ``distrm serve`` sets it; ``uvicorn_kwargs``
+    override uvicorn settings; ``app_out`` (a list) receives the app (its service counters)."""
     app = create_app(AutoRewardModel.from_pretrained(model_dir), config)
+    if app_out is not None:
+        app_out.append(app)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    kw = {"timeout_keep_alive": config.limits.idle_timeout_s, **uvicorn_kwargs}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **kw))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
     t0 = time.monotonic()

@@ -40,6 +40,32 @@ def reseal(folder, cfg: dict) -> None:
     write_manifest(folder, cfg.get("model_type", "qrm"))
 
 
+def stand_in_backbone(monkeypatch, table, rated=(), pairs=()) -> None:
+    """Run ``distrm train`` without a backbone: ``Backbone.from_pretrained`` gives a stand-in
+    (identity ``fake@1``), ``extract`` looks each response's reward features up in ``table``
+    (response text -> feature vector), and the training data are ``rated`` and ``pairs``."""
+    import sys
+    import types
+
+    import numpy as np
+
+    import distrm.training.qrm
+
+    class FakeBackbone:
+        identity = "fake@1"
+
+        @classmethod
+        def from_pretrained(cls, name, **kw):
+            return cls()
+
+    def extract(backbone, prompts, responses, **kw):
+        return types.SimpleNamespace(reward=np.stack([np.asarray(table[r]) for r in responses]), prompt=None)
+
+    monkeypatch.setitem(sys.modules, "distrm.features.backbones", types.SimpleNamespace(Backbone=FakeBackbone, ALIASES={}, resolve_model_dir=str))
+    monkeypatch.setitem(sys.modules, "distrm.features", types.SimpleNamespace(extract=extract))
+    monkeypatch.setattr(distrm.training.qrm, "load_training_data", lambda cfg: (list(rated), list(pairs), {}))
+
+
 # ------------------------------------------------------------------ trained models (slow tier)
 # Real runs of the real commands on real shared data, sized for CI; built once per session
 # and shared by every slow test that needs a trained folder of that type.

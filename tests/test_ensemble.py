@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import reseal
+from conftest import reseal, stand_in_backbone
 import torch
 from scipy.optimize import minimize
 from scipy.stats import spearmanr
@@ -357,30 +357,12 @@ def test_config_selects_the_ensemble(tmp_path):
 def test_train_ensemble_wiring(tmp_path, monkeypatch):
     """``distrm train`` with model: ensemble: data -> features -> heads -> saved, loadable model
     (backbone and feature extraction replaced by a deterministic stand-in)."""
-    import sys
-    import types
-
-    import distrm.training.qrm
     from distrm.cli import train as cli_train
     from distrm.training.bt_ensemble import train_ensemble
 
     Xc, Xr, _ = bt_data(400, 5)
     pairs = [PreferencePair(f"p{i}", f"c{i}", f"r{i}", source="syn", id=str(i)) for i in range(400)]
-    table = {**{f"c{i}": Xc[i] for i in range(400)}, **{f"r{i}": Xr[i] for i in range(400)}}
-
-    class FakeBackbone:
-        identity = "fake@1"
-
-        @classmethod
-        def from_pretrained(cls, name, **kw):
-            return cls()
-
-    def extract(backbone, prompts, responses, **kw):
-        return types.SimpleNamespace(reward=torch.stack([table[r] for r in responses]).numpy(), prompt=None)
-
-    monkeypatch.setitem(sys.modules, "distrm.features.backbones", types.SimpleNamespace(Backbone=FakeBackbone, ALIASES={}, resolve_model_dir=str))
-    monkeypatch.setitem(sys.modules, "distrm.features", types.SimpleNamespace(extract=extract))
-    monkeypatch.setattr(distrm.training.qrm, "load_training_data", lambda cfg: ([], pairs, {}))
+    stand_in_backbone(monkeypatch, {**{f"c{i}": Xc[i] for i in range(400)}, **{f"r{i}": Xr[i] for i in range(400)}}, pairs=pairs)
     out = tmp_path / "run"
     cfg = load_config(TrainConfig, cli_train.default_config_path(), [
         "model=ensemble", f"output_dir={out}", "ensemble.n_members=3", "ensemble.epochs=40", "ensemble.lr=0.05", "progress=false",

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import reseal
+from conftest import reseal, stand_in_backbone
 from scipy.stats import spearmanr
 
 from distrm.heads.ensemble import BootstrapQuantileHeads
@@ -179,10 +179,6 @@ def test_load_errors_are_clear(heads, tmp_path):
 def test_train_wiring(tmp_path, monkeypatch):
     """``distrm train --set model=quantile_ensemble``: rated data -> features -> bootstrap heads
     -> a saved model that loads and ranks by the true mean (backbone replaced by a stand-in)."""
-    import sys
-    import types
-
-    import distrm.training.qrm
     from distrm.cli import main
     from distrm.data.records import PreferencePair, RatedResponse
 
@@ -190,21 +186,7 @@ def test_train_wiring(tmp_path, monkeypatch):
     rated = [RatedResponse(f"p{i}", f"r{i}", {"a": y[3 * i:3 * i + 3].tolist(), "b": float(y[360 + i])}, source="syn", id=str(i))
              for i in range(120)]
     pairs = [PreferencePair(f"p{i}", f"r{i}", f"r{i + 60}", source="syn", id=str(i)) for i in range(60)]
-    table = {f"r{i}": X[i] for i in range(120)}
-
-    class FakeBackbone:
-        identity = "fake@1"
-
-        @classmethod
-        def from_pretrained(cls, name, **kw):
-            return cls()
-
-    def extract(backbone, prompts, responses, **kw):
-        return types.SimpleNamespace(reward=np.stack([table[r] for r in responses]), prompt=None)
-
-    monkeypatch.setitem(sys.modules, "distrm.features.backbones", types.SimpleNamespace(Backbone=FakeBackbone, ALIASES={}, resolve_model_dir=str))
-    monkeypatch.setitem(sys.modules, "distrm.features", types.SimpleNamespace(extract=extract))
-    monkeypatch.setattr(distrm.training.qrm, "load_training_data", lambda cfg: (rated, pairs, {}))
+    stand_in_backbone(monkeypatch, {f"r{i}": X[i] for i in range(120)}, rated, pairs)
     out = tmp_path / "run"
     assert main(["train", "--output-dir", str(out), "--set", "model=quantile_ensemble", "--set", "quantile_ensemble.n_members=3",
                  "--set", "quantile_ensemble.alpha=0.001", "--set", "quantile_ensemble.weights={a: 1, b: 1}",

@@ -99,8 +99,11 @@ class EnsembleConfig:
     """``model: ensemble``: N linear Bradley-Terry heads on frozen features (distrm.models.bt_ensemble)."""
 
     n_members: int = 10  # N (uncertainty-aware RLHF paper: 10)
-    bootstrap: bool = False  # resample the training pairs per member
-    l2: float | None = None  # (l2 / 2) ||w_i||^2 per member (standardised features); null = chosen by CV on held-out pair likelihood
+    # resample the training pairs per member (multinomial counts): without it (or anchored /
+    # prior_scale), converged L2-penalised linear heads are one strictly convex optimum and
+    # the members collapse to the same head
+    bootstrap: bool = True
+    l2: float | None = None  # (l2 / 2) ||w_i - m_i||^2 per member (standardised features; m_i = 0 unless anchored / prior_scale); null = chosen by CV on held-out pair likelihood
     lr: float = 1e-2  # Adam
     epochs: int = 30
     batch_size: int | None = 256  # None: full batch
@@ -108,6 +111,22 @@ class EnsembleConfig:
     seed: int | None = None  # default: the top-level seed
     optimizer: Literal["adam", "lbfgs"] = "adam"  # lbfgs: full batch, to convergence
     init: Literal["random", "single_head"] = "random"  # single_head: fit one head, attach N at it
+    # anchored ensemble (Pearce et al. 2020): member i's L2 penalty pulls toward its own random
+    # anchor a_i ~ N(0, prior_std^2) instead of 0 (members then disagree where the data are silent)
+    anchored: bool = False
+    # randomized prior functions (Osband et al. 2018): member = trainable head + prior_scale *
+    # fixed random linear prior v_i ~ N(0, prior_std^2), folded into the saved heads; 0 = off
+    prior_scale: float = 0.0
+    prior_std: float | None = None  # std of anchors / prior weights (standardised); null = 1/sqrt(n_pairs * l2)
+    collapse_corr: float = 0.99  # warn when the members' mean pairwise reward correlation exceeds this
+
+    def __post_init__(self) -> None:
+        if self.n_members < 1:
+            raise ValueError(f"n_members must be >= 1, got {self.n_members}")
+        if not self.prior_scale >= 0:
+            raise ValueError(f"prior_scale must be >= 0, got {self.prior_scale}")
+        if self.prior_std is not None and not self.prior_std > 0:
+            raise ValueError(f"prior_std must be > 0, got {self.prior_std}")
 
 
 @dataclass

@@ -45,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"distrm serve: warning: binding {cfg.host} without a token; anyone who can reach it can use it", file=sys.stderr)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = load_app(cfg.model, cfg.server, revision=cfg.revision)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=cfg.log_level == "debug")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=cfg.log_level == "debug",
+                timeout_keep_alive=cfg.server.limits.idle_timeout_s)
     return 0

@@ -25,6 +25,7 @@ from distrm.data.io import (
     NOT_OBJECT,
     PREFIX_DIFFERS,
     UNPARSEABLE,
+    UNUSABLE,
     DataError,
     Reporter,
     Row,
@@ -49,7 +50,9 @@ Convert = Callable[[Any, str], Iterable[Any]]
 def collect(rows: Iterable[Row], rep: Reporter, convert: Convert) -> list:
     """Run ``convert(row, where)`` over rows; it yields records, or :class:`RowError`
     instances for parts of a row it skips (a row with two responses, one empty). A raised
-    :class:`RowError` skips the whole row. Every skip is located and counted."""
+    :class:`RowError` skips the whole row. Every skip is located and counted; so is any
+    other exception a row's values cause (an unexpected type deep in a row), as
+    "unusable row": one row never ends a load (strict mode raises :class:`DataError`)."""
     out: list = []
     for row in rows:
         rep.read()
@@ -67,6 +70,10 @@ def collect(rows: Iterable[Row], rep: Reporter, convert: Convert) -> list:
                     out.append(item)
         except RowError as e:
             rep.skip(e.reason, row.where, e.detail)
+        except (DataError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a value no converter foresaw: counted, located
+            rep.skip(UNUSABLE, row.where, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}".rstrip(": "))
     return out
 
 
@@ -94,11 +101,27 @@ def pair_from_transcripts(chosen: Any, rejected: Any) -> tuple[Prompt, str, str]
     return p_c, as_response(c, "chosen"), as_response(r, "rejected")
 
 
-def make_pair(prompt: Prompt, chosen: str, rejected: str, source: str, id: str, subset: str | None, rep: Reporter) -> PreferencePair:
+OPPOSITE = "same pair with the opposite preference (both kept)"
+
+
+def make_pair(prompt: Prompt, chosen: str, rejected: str, source: str, id: str, subset: str | None, rep: Reporter, where: str = "") -> PreferencePair:
+    """A pair, counted as a duplicate when the same (prompt, chosen, rejected) came before,
+    as a conflict when the same prompt and responses came with the opposite preference or
+    the same ``id`` with other texts."""
     if chosen == rejected:
         raise RowError(IDENTICAL, "no preference to learn")
-    rep.duplicate(("pair", prompt_key(prompt), chosen, rejected))
+    pk = prompt_key(prompt)
+    rep.duplicate(("pair", pk, *sorted((chosen, rejected))), content=(chosen, rejected), where=where, id=id, conflict=OPPOSITE)
     return PreferencePair(prompt, chosen, rejected, source=source, id=id, subset=subset)
+
+
+RESCORED = "same prompt and response with different scores (both kept)"
+
+
+def rated_seen(rep: Reporter, prompt: Prompt | str, response: str, scores: Mapping[str, Any], where: str, id: str | None = None) -> None:
+    """Count a rated record seen before: a duplicate with the same scores, a conflict with
+    different ones (or the same ``id`` with other texts)."""
+    rep.duplicate(("rated", prompt_key(prompt), response), content=sorted(scores.items()), where=where, id=id, conflict=RESCORED)
 
 
 def _source_name(path: Path, source: str | None) -> str:
@@ -151,9 +174,10 @@ def rated_converter(
         if not scores:
             raise RowError(MISSING, f"no score in {sorted(attributes.values())}")
         sub = get_field(row, subset) if subset else None
-        rep.duplicate(("rated", prompt_key(p), resp))
+        rid = f"{src}:{row_id(row, id, where)}"
+        rated_seen(rep, p, resp, scores, where, rid)
         yield RatedResponse(
-            p, resp, scores, source=src, id=f"{src}:{row_id(row, id, where)}",
+            p, resp, scores, source=src, id=rid,
             scales={a: scales[a] for a in scores}, subset=str(sub) if not is_missing(sub) else None,
         )  # fmt: skip
 
@@ -203,7 +227,7 @@ def load_prompts_file(path: str | Path, prompt: str = "prompt", source: str | No
 
     def convert(row: dict, where: str):
         p = as_prompt(need(row, prompt))
-        rep.duplicate(("prompt", prompt_key(p)), "duplicate prompts (kept)")
+        rep.duplicate(("prompt", prompt_key(p)), "duplicate prompts (kept)", where=where)
         yield p
 
     return Loaded(collect(read_rows(path), rep, convert), rep.report)
@@ -222,7 +246,7 @@ def _pku_pairs(src: str, rep: Reporter) -> Convert:
         p = as_prompt(need(row, "prompt"))
         c = as_response(need(row, f"response_{safer}"), "chosen")
         r = as_response(need(row, f"response_{1 - safer}"), "rejected")
-        yield make_pair(p, c, r, src, f"{src}:{where.rsplit('#', 1)[-1]}", "pku-saferlhf", rep)
+        yield make_pair(p, c, r, src, f"{src}:{where.rsplit('#', 1)[-1]}", "pku-saferlhf", rep, where)
 
     return convert
 
@@ -311,7 +335,7 @@ def _pairs_conv(src: str, rep: Reporter, prompt: str | None, chosen: str, reject
             c, r = as_response(need(row, chosen), "chosen"), as_response(need(row, rejected), "rejected")
         sub = get_field(row, subset) if subset else None
         sub = str(sub) if not is_missing(sub) and str(sub).strip() else None
-        yield make_pair(p, c, r, src, f"{src}:{row_id(row, id, where)}", sub, rep)
+        yield make_pair(p, c, r, src, f"{src}:{row_id(row, id, where)}", sub, rep, where)
 
     return convert
 

@@ -98,6 +98,15 @@ class LoadReport:
         if len(ex) < max_examples:
             ex.append(where)
 
+    def note(self, what: str, n: int = 1, example: str | None = None, max_examples: int = 3) -> None:
+        """Count something kept but worth knowing (a duplicate, a conflict), with an
+        optional ``file:line`` example (kept in ``examples`` under the same name)."""
+        self.counts[what] += n
+        if example is not None:
+            ex = self.examples.setdefault(what, [])
+            if len(ex) < max_examples:
+                ex.append(example)
+
     @property
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
@@ -107,7 +116,8 @@ class LoadReport:
         for reason, n in self.skipped.most_common():
             parts.append(f"  {reason}: {n}  (e.g. {'; '.join(self.examples.get(reason, []))})")
         for what, n in self.counts.most_common():
-            parts.append(f"  note: {what}: {n}")
+            ex = self.examples.get(what)
+            parts.append(f"  note: {what}: {n}" + (f"  (e.g. {'; '.join(ex)})" if ex else ""))
         return "\n".join(parts)
 
     def to_dict(self) -> dict:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from distrm.data.io import DataError, Reporter, Row, read_rows_or_fail
 from distrm.data.records import LoadReport, Loaded, PreferencePair, Prompt
@@ -186,6 +186,27 @@ def _prompt(v: Any) -> Prompt | None:
     return None
 
 
+def _object_rows(rows: Iterable[tuple[Row, str | None]], rep: Reporter) -> Iterator[tuple[int, Row, str | None, dict]]:
+    """(row index, row, split, its data) for each row whose data is a JSON object; every row
+    is counted as read, the others skipped (and counted) as not an object."""
+    for i, (row, sp) in enumerate(rows):
+        rep.read()
+        if not isinstance(row.data, dict):
+            rep.skip(NOT_AN_OBJECT, row.where, f"got {type(row.data).__name__}")
+            continue
+        yield i, row, sp, row.data
+
+
+def _nothing_usable(path_or_hub: str | Path, wanted: str, rep: Reporter) -> DataError:
+    """The error for a source without one usable row: how many were read, why they were
+    skipped, and the first located example."""
+    first = next((ex[0] for ex in rep.report.examples.values() if ex), None)
+    return DataError(
+        f"{path_or_hub}: no {wanted} among {rep.report.rows_read} read "
+        f"(skipped: {dict(rep.report.skipped)}" + (f"; e.g. {first}" if first else "") + ")"
+    )
+
+
 def load_rewardbench_pairs(
     path_or_hub: str | Path, split: str | None = "filtered", strict: bool = False, prior_sets: bool | None = None
 ) -> Loaded[PreferencePair]:
@@ -209,12 +230,7 @@ def load_rewardbench_pairs(
     name, rows, _ = _source(path_or_hub, hub_split)
     rep = Reporter(name, strict)
     pairs = []
-    for i, (row, sp) in enumerate(rows):
-        rep.read()
-        r = row.data
-        if not isinstance(r, dict):
-            rep.skip(NOT_AN_OBJECT, row.where, f"got {type(r).__name__}")
-            continue
+    for i, row, sp, r in _object_rows(rows, rep):
         if prior_sets is None:
             prior_sets = format_of_row(r, name, sp) == "prior-sets"
         prompt = _prompt(r.get("prompt"))
@@ -231,11 +247,7 @@ def load_rewardbench_pairs(
             subset = r.get("subset") or sp or name
         pairs.append(PreferencePair(prompt, r["chosen"], r["rejected"], source=name, id=str(r.get("id", i)), subset=subset))
     if not pairs:
-        first = next((ex[0] for ex in rep.report.examples.values() if ex), None)
-        raise DataError(
-            f"{path_or_hub}: no rows with text prompt/chosen/rejected among {rep.report.rows_read} read "
-            f"(skipped: {dict(rep.report.skipped)}" + (f"; e.g. {first}" if first else "") + ")"
-        )
+        raise _nothing_usable(path_or_hub, "rows with text prompt/chosen/rejected", rep)
     return Loaded(pairs, rep.report)
 
 
@@ -264,12 +276,7 @@ def load_rewardbench2(path_or_hub: str | Path = "allenai/reward-bench-2", split:
     name, rows, _ = _source(path_or_hub, split)
     rep = Reporter(name, strict)
     items: list[BestOfN] = []
-    for i, (row, sp) in enumerate(rows):
-        rep.read()
-        r = row.data
-        if not isinstance(r, dict):
-            rep.skip(NOT_AN_OBJECT, row.where, f"got {type(r).__name__}")
-            continue
+    for i, row, sp, r in _object_rows(rows, rep):
         prompt, chosen, rejected = _prompt(r.get("prompt")), _replies(r.get("chosen")), _replies(r.get("rejected"))
         missing = [k for k, v in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)) if v is None]
         if missing:
@@ -290,11 +297,7 @@ def load_rewardbench2(path_or_hub: str | Path = "allenai/reward-bench-2", split:
                 raise DataError(f"{row.where}: {e}") from None
         items.append(BestOfN(prompt, chosen, rejected, source=name, id=rid, subset=subset))
     if not items:
-        first = next((ex[0] for ex in rep.report.examples.values() if ex), None)
-        raise DataError(
-            f"{path_or_hub}: no RewardBench 2 rows (prompt, chosen list, rejected list) among {rep.report.rows_read} read "
-            f"(skipped: {dict(rep.report.skipped)}" + (f"; e.g. {first}" if first else "") + ")"
-        )
+        raise _nothing_usable(path_or_hub, "RewardBench 2 rows (prompt, chosen list, rejected list)", rep)
     return LoadedBestOfN(items, rep.report)
 
 

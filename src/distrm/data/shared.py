@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from distrm.data.formats import parse_nemo_chat, parse_prometheus_prompt, split_final_reply
-from distrm.data.generic import collect, make_pair, pair_from_transcripts
+from distrm.data.generic import collect, make_pair, pair_from_transcripts, rated_seen
 from distrm.data.io import (
     BAD_LABEL,
     EMPTY_RESPONSE,
@@ -50,6 +50,13 @@ def _file(data_dir: PathLike, *parts: str) -> Path:
     return p
 
 
+def _rated(rep: Reporter, where: str, rec: RatedResponse) -> RatedResponse:
+    """``rec``, counted as a duplicate / conflict when its prompt and response (or id) came
+    before (:func:`distrm.data.generic.rated_seen`)."""
+    rated_seen(rep, rec.prompt, rec.response, rec.scores, where, rec.id)
+    return rec
+
+
 def _index(where: str) -> str:
     """Line number or #index of a location, for ids."""
     return where.rsplit(":", 1)[-1].lstrip("#")
@@ -66,7 +73,7 @@ def load_hh_rlhf(data_dir: PathLike, strict: bool = False) -> Loaded[PreferenceP
 
     def convert(row: dict, where: str):
         p, c, r = pair_from_transcripts(need(row, "chosen"), need(row, "rejected"))
-        yield make_pair(p, c, r, "hh-rlhf", f"hh-rlhf:harmless-base-test:{_index(where)}", "hh-rlhf-harmless", rep)
+        yield make_pair(p, c, r, "hh-rlhf", f"hh-rlhf:harmless-base-test:{_index(where)}", "hh-rlhf-harmless", rep, where)
 
     return Loaded(collect(read_rows(path), rep, convert), rep.report)
 
@@ -86,7 +93,7 @@ def load_ultrafeedback_pairs(data_dir: PathLike, strict: bool = False) -> Loaded
         sc, sr = (as_number(need(row, f"metadata.score_{k}"), f"score_{k}") for k in ("chosen", "rejected"))
         if sc == sr:
             raise RowError(TIE, f"score_chosen = score_rejected = {sc:g}")
-        yield make_pair(p, c, r, "ultrafeedback", f"ultrafeedback:{row.get('source_index', _index(where))}", subset, rep)
+        yield make_pair(p, c, r, "ultrafeedback", f"ultrafeedback:{row.get('source_index', _index(where))}", subset, rep, where)
 
     out: list[PreferencePair] = []
     for subset_name, fname in _UF_FILES:
@@ -110,8 +117,7 @@ def load_ultrafeedback_rated(data_dir: PathLike, strict: bool = False) -> Loaded
             except RowError as e:
                 yield e
                 continue
-            rep.duplicate(("rated", prompt_key(p), resp))
-            yield RatedResponse(p, resp, {UF_OVERALL: s}, "ultrafeedback", f"ultrafeedback:{row.get('source_index', _index(where))}:{side}", scale, subset)
+            yield _rated(rep, where, RatedResponse(p, resp, {UF_OVERALL: s}, "ultrafeedback", f"ultrafeedback:{row.get('source_index', _index(where))}:{side}", scale, subset))
 
     out: list[RatedResponse] = []
     for subset_name, fname in _UF_FILES:
@@ -131,7 +137,7 @@ def load_pku_pairs(data_dir: PathLike, strict: bool = False) -> Loaded[Preferenc
     def convert(row: dict, where: str):
         p = as_prompt(need(row, "prompt"))
         c, r = as_response(need(row, "response.0"), "response[0]"), as_response(need(row, "response.1"), "response[1]")
-        yield make_pair(p, c, r, "pku-saferlhf", f"pku-saferlhf:{_index(where)}", "pku-saferlhf", rep)
+        yield make_pair(p, c, r, "pku-saferlhf", f"pku-saferlhf:{_index(where)}", "pku-saferlhf", rep, where)
 
     return Loaded(collect(read_rows(_file(data_dir, *_PKU)), rep, convert), rep.report)
 
@@ -153,8 +159,7 @@ def load_pku_rated(data_dir: PathLike, strict: bool = False) -> Loaded[RatedResp
             except RowError as e:
                 yield e
                 continue
-            rep.duplicate(("rated", prompt_key(p), resp))
-            yield RatedResponse(p, resp, {PKU_SAFE: safe}, "pku-saferlhf", f"pku-saferlhf:{_index(where)}:{k}", scale, "pku-saferlhf")
+            yield _rated(rep, where, RatedResponse(p, resp, {PKU_SAFE: safe}, "pku-saferlhf", f"pku-saferlhf:{_index(where)}:{k}", scale, "pku-saferlhf"))
 
     return Loaded(collect(read_rows(_file(data_dir, *_PKU)), rep, convert), rep.report)
 
@@ -168,7 +173,7 @@ def load_orca(data_dir: PathLike, strict: bool = False) -> Loaded[PreferencePair
         p = as_prompt(need(row, "input.messages"), "input.messages")
         c = as_response(need(row, "preferred_output"), "preferred_output")
         r = as_response(need(row, "non_preferred_output"), "non_preferred_output")
-        yield make_pair(p, c, r, "orca-dpo-pairs", f"orca-dpo-pairs:validation:{_index(where)}", "orca-dpo-pairs", rep)
+        yield make_pair(p, c, r, "orca-dpo-pairs", f"orca-dpo-pairs:validation:{_index(where)}", "orca-dpo-pairs", rep, where)
 
     return Loaded(collect(read_rows(_file(data_dir, "orca-dpo-pairs", "validation.jsonl")), rep, convert), rep.report)
 
@@ -197,7 +202,7 @@ def load_llmbar(data_dir: PathLike, strict: bool = False) -> Loaded[PreferencePa
             p = as_prompt(need(row, "input"), "input")
             c = as_response(need(row, f"output_{label}"), f"output_{label}")
             r = as_response(need(row, f"output_{3 - label}"), f"output_{3 - label}")
-            yield make_pair(p, c, r, "llmbar", f"llmbar:{subset}:{_index(where)}", subset, rep)
+            yield make_pair(p, c, r, "llmbar", f"llmbar:{subset}:{_index(where)}", subset, rep, where)
 
         out += collect(read_rows(_file(data_dir, "llmbar", fname)), rep, convert)
     return Loaded(out, rep.report)
@@ -220,7 +225,7 @@ def load_autoj(data_dir: PathLike, strict: bool = False, by_scenario: bool = Fal
         c = as_response(need(row, f"response {label + 1}"), f"response {label + 1}")
         r = as_response(need(row, f"response {2 - label}"), f"response {2 - label}")
         sub = f"autoj-{row.get('scenario', 'unknown')}" if by_scenario else "autoj-pairwise"
-        yield make_pair(p, c, r, "autoj-pairwise", f"autoj-pairwise:{_index(where)}", sub, rep)
+        yield make_pair(p, c, r, "autoj-pairwise", f"autoj-pairwise:{_index(where)}", sub, rep, where)
 
     return Loaded(collect(read_rows(_file(data_dir, "prometheus", "autoj_pairwise.json")), rep, convert), rep.report)
 
@@ -247,11 +252,10 @@ def load_prometheus(data_dir: PathLike, which: Literal["mt-bench", "vicuna"], st
         resp = as_response(sec["response"], "response to evaluate")
         scores = as_scores(need(row, "gpt4_score"), "gpt4_score")
         rep.note(f"items with {len(scores)} GPT-4 scores")
-        rep.duplicate(("rated", prompt_key(p), resp))
-        yield RatedResponse(
+        yield _rated(rep, where, RatedResponse(
             p, resp, {PROMETHEUS_SCORE: [normalise(x, scale[PROMETHEUS_SCORE], "gpt4_score") for x in scores]},
             src, f"{src}:{row.get('idx', _index(where))}:{row.get('response_source', _index(where))}", scale, str(row.get("category") or which),
-        )  # fmt: skip
+        ))  # fmt: skip
 
     return Loaded(collect(read_rows(_file(data_dir, "prometheus", fname)), rep, convert), rep.report)
 
@@ -306,8 +310,7 @@ def load_dices(
                 scores[f"{DICES_SAFE}-expert"] = answers(ex, "expert safety")
             else:
                 rep.note("items without an expert rating")
-        rep.duplicate(("rated", prompt_key(p), resp))
-        yield RatedResponse(p, resp, scores, src, f"{src}:{row.get('id', _index(where))}", {a: scale for a in scores}, src)
+        yield _rated(rep, where, RatedResponse(p, resp, scores, src, f"{src}:{row.get('id', _index(where))}", {a: scale for a in scores}, src))
 
     return Loaded(collect(read_rows(_file(data_dir, "judge-bench", fname)), rep, convert), rep.report)
 
@@ -316,10 +319,19 @@ def _judge_bench_attrs(path: Path) -> list[tuple[str, tuple[float, float]]]:
     """(metric, (worst, best)) declared in a JUDGE-BENCH file's header."""
     import json
 
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested deeper than Python's recursion limit; cannot read its annotations header") from None
+    except ValueError as e:
+        raise DataError(f"{path}: bad JSON ({str(e).split(';')[0][:120]})") from None
     try:
         return [(a["metric"], (float(a["worst"]), float(a["best"]))) for a in doc["annotations"]]
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path}: annotations header without metric/worst/best ({e})") from None
 
 
@@ -359,8 +371,7 @@ def load_newsroom(data_dir: PathLike, strict: bool = False) -> Loaded[RatedRespo
             raise RowError(EMPTY_RESPONSE, "summary")
         scores, scales = _multi_attr_scores(row, attrs, "newsroom", rep)
         p = "Summarize the following article.\n\n" + article
-        rep.duplicate(("rated", p, summary))
-        yield RatedResponse(p, summary, scores, "newsroom", f"newsroom:{row.get('id', _index(where))}", scales, "newsroom")
+        yield _rated(rep, where, RatedResponse(p, summary, scores, "newsroom", f"newsroom:{row.get('id', _index(where))}", scales, "newsroom"))
 
     return Loaded(collect(read_rows(path), rep, convert), rep.report)
 
@@ -385,8 +396,7 @@ def load_recipes(data_dir: PathLike, strict: bool = False) -> Loaded[RatedRespon
         resp = as_response(need(row, "instance"), "instance")
         scores, scales = _multi_attr_scores(row, attrs, "recipes", rep)
         p = f"Write the recipe for {m['dish'].replace('_', ' ')}."
-        rep.duplicate(("rated", p, resp))
-        yield RatedResponse(p, resp, scores, "recipes", f"recipes:{rid}", scales, m["variant"])
+        yield _rated(rep, where, RatedResponse(p, resp, scores, "recipes", f"recipes:{rid}", scales, m["variant"]))
 
     return Loaded(collect(read_rows(path), rep, convert), rep.report)
 
@@ -470,8 +480,7 @@ def load_helpsteer2_fixture(data_dir: PathLike, strict: bool = False) -> Loaded[
         scores = {f"helpsteer-{a}": normalise(v, scale, a) for a, v in zip(HS2_ATTRS, label[4:]) if v != -100}
         if not scores:
             raise RowError(MISSING, "all attribute slots are -100")
-        rep.duplicate(("rated", prompt_key(p), resp))
-        yield RatedResponse(p, resp, scores, "helpsteer2-fixture", f"helpsteer2-fixture:{_index(where)}", {a: scale for a in scores}, "helpsteer2")
+        yield _rated(rep, where, RatedResponse(p, resp, scores, "helpsteer2-fixture", f"helpsteer2-fixture:{_index(where)}", {a: scale for a in scores}, "helpsteer2"))
 
     return Loaded(collect(read_rows(_file(data_dir, "helpsteer2-nemo-aligner-fixture", "test-rm.jsonl")), rep, convert), rep.report)
 
@@ -483,7 +492,7 @@ def load_beavertails_prompts(data_dir: PathLike, strict: bool = False) -> Loaded
 
     def convert(row: dict, where: str):
         p = as_prompt(need(row, "prompt"))
-        rep.duplicate(("prompt", p), "duplicate prompts (kept)")
+        rep.duplicate(("prompt", p), "duplicate prompts (kept)", where=where)
         yield p
 
     return Loaded(collect(read_rows(_file(data_dir, "pku-saferlhf-dpo5k", "BeaverTails_eval_prompts.json")), rep, convert), rep.report)
@@ -500,7 +509,7 @@ def load_imdb_prompts(data_dir: PathLike, strict: bool = False, prefix_words: in
         if not words:
             raise RowError("empty prompt", "text")
         p = " ".join(words[:prefix_words] if prefix_words else words)
-        rep.duplicate(("prompt", p), "duplicate prompts (kept)")
+        rep.duplicate(("prompt", p), "duplicate prompts (kept)", where=where)
         yield p
 
     return Loaded(collect(read_rows(_file(data_dir, "imdb-sample", "texts.csv")), rep, convert), rep.report)

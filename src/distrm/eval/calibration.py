@@ -14,6 +14,12 @@ scores on the training items, per attribute. It is what a point-estimate model p
 global noise level can say about disagreement: the same width for every item. It is
 represented at the same quantile levels as the model, so both go through identical
 metric code (the Gaussian's tails beyond the outer levels are cut the same way).
+
+Ratings are discrete (DICES: three values), where central-interval coverage is
+degenerate; each group (set/attribute) therefore also gets the randomized PIT pooled over
+its (item, rater) pairs (seeded), its distance from U(0, 1) (KS, exact W1, 10-bin
+chi-square and its size w), coverage computed on the PIT, and the Spearman correlation of
+the predicted spread with the raters' variance and entropy; see :mod:`distrm.eval.metrics`.
 """
 
 from __future__ import annotations
@@ -126,8 +132,8 @@ def select_attribute(attrs: RewardDistribution, names: Sequence[str], wanted: Se
     return RewardDistribution(values=vals, levels=attrs.levels, kind=attrs.kind), keep
 
 
-def grouped_metrics(dist: RewardDistribution, items: MultiRaterItems, mask: np.ndarray | None = None) -> dict[str, Any]:
-    """Metrics per (source, attribute) group and pooled per source."""
+def grouped_metrics(dist: RewardDistribution, items: MultiRaterItems, mask: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
+    """Metrics per (source, attribute) group (``seed``: the randomized PIT's V, per group)."""
     idx = np.arange(len(items.raters)) if mask is None else np.nonzero(mask)[0]
     out: dict[str, Any] = {}
     keys = sorted({(items.sources[i], items.attributes[i]) for i in idx})
@@ -135,12 +141,12 @@ def grouped_metrics(dist: RewardDistribution, items: MultiRaterItems, mask: np.n
     for src, att in keys:
         rows = [i for i in idx if items.sources[i] == src and items.attributes[i] == att]
         d = dist[torch.as_tensor([pos[int(i)] for i in rows])]
-        m = calibration_metrics(d, [items.raters[i] for i in rows])
+        m = calibration_metrics(d, [items.raters[i] for i in rows], seed=seed)
         out[f"{src}/{att}"] = {
             "source": src,
             "attribute": att,
             **m["summary"],
-            "per_item": {k: m["per_item"][k] for k in ("pred_spread", "rater_std", "pred_mean", "rater_mean")},
+            "per_item": {k: m["per_item"][k] for k in ("pred_spread", "rater_std", "rater_entropy", "pred_mean", "rater_mean")},
         }
     return out
 
@@ -152,8 +158,15 @@ def baseline_levels(model: Any) -> torch.Tensor:
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """results: method -> group -> summary. One line per (group, method)."""
-    head = f"{'set/attribute':34}{'method':22}{'n':>6}{'pinball':>9}{'CRPS':>8}{'W1':>8}{'cov50':>7}{'cov80':>7}{'cov90':>7}{'rho_sd':>8}"
+    head = (
+        f"{'set/attribute':34}{'method':22}{'n':>6}{'pinball':>9}{'CRPS':>8}{'W1':>8}{'cov50':>7}{'cov80':>7}{'cov90':>7}{'rho_sd':>8}"
+        f"{'rho_H':>7}{'PIT_KS':>8}{'PIT_W1':>8}{'PIT_w':>7}{'pcov50':>7}{'pcov80':>7}{'pcov90':>7}"
+    )
     lines = [head]
+
+    def num(x: Any, w: int, p: int) -> str:
+        return f"{x:>{w}.{p}f}" if x is not None else f"{'n/a':>{w}}"
+
     groups = sorted({g for r in results.values() for g in r})
     for g in groups:
         for method, res in results.items():
@@ -164,7 +177,12 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             lines.append(
                 f"{g[:33]:34}{method[:21]:22}{s['n_items']:>6}{s['pinball']:>9.4f}{s['crps']:>8.4f}{s['w1']:>8.4f}"
                 + "".join(f"{s['coverage'][k]:>7.2f}" for k in ("0.5", "0.8", "0.9"))
-                + (f"{rho:>8.3f}" if rho is not None else f"{'n/a':>8}")
+                + num(rho, 8, 3)
+                + num(s.get("spread_spearman_entropy"), 7, 3)
+                + num(s.get("pit_ks"), 8, 4)
+                + num(s.get("pit_w1"), 8, 4)
+                + num(s.get("pit_hist_w"), 7, 3)
+                + "".join(num(s.get("pit_coverage", {}).get(k), 7, 2) for k in ("0.5", "0.8", "0.9"))
             )
     return "\n".join(lines)
 
@@ -270,7 +288,13 @@ def run_calibration(
         "scale": "scores normalised to [0, 1] per attribute (records' scale)",
         "metrics_note": "pinball: mean over the model's levels and raters; CRPS: exact, mean over raters; W1: exact vs the "
         "raters' empirical distribution; coverage: share of raters inside the central interval (endpoints included); "
-        "spread: Spearman of q0.9 - q0.1 vs rater std / IQR (null when undefined, e.g. constant predicted spread).",
+        "spread: Spearman of q0.9 - q0.1 vs rater std / IQR / variance (rho_sd; same ranks as the std) / entropy (rho_H, "
+        "nats over the distinct scores) (null when undefined, e.g. constant predicted spread). Randomized PIT: "
+        "Z = F(y-) + V (F(y) - F(y-)), V ~ U(0,1) seeded, per (item, rater), pooled per set/attribute (F: the exact CDF "
+        "of the predicted quantile function, constant tails = point masses at the outer quantiles); uniform iff "
+        "calibrated, also for discrete ratings. PIT_KS: Kolmogorov-Smirnov sup|G(u) - u|; PIT_W1: exact W1 to U(0,1); "
+        "PIT_w: sqrt(chi2 / n) of a 10-bin histogram (0 = flat); pcov c: share of Z in [(1-c)/2, (1+c)/2] (nominal c; "
+        "below c: overconfident, above: too wide).",
         "test_fraction": tf,
         "data": info,
         "methods": notes,

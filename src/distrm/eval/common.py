@@ -88,7 +88,10 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """Atomic JSON write; NaN/inf become null (JSON has no NaN)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # per process: concurrent writers never share it
+    try:
+        tmp.write_text(json.dumps(_clean(obj), indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

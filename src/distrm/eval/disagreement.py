@@ -135,6 +135,12 @@ def member_diversity(members: torch.Tensor) -> dict[str, float]:
     m = members.double()
     c = torch.corrcoef(m.T)
     N = m.shape[1]
+    # a member constant over the inputs has no correlation: 1 with another constant member
+    # (indistinguishable rankings), 0 with any other
+    const = m.std(dim=0) == 0
+    if bool(const.any()):
+        both = const[:, None] & const[None, :]
+        c = torch.where(torch.isnan(c), both.double(), c)
     off = c[~torch.eye(N, dtype=torch.bool)]
     var = m.var(dim=1, unbiased=False)
     return {

@@ -16,6 +16,43 @@ and a 5-member ensemble differently.
 * W1: int_0^1 |Q(u) - Q_G(u)| du.
 * coverage: share of raters inside the central interval [Q(1/2 - p/2), Q(1/2 + p/2)],
   endpoints included (ratings are discrete, so an endpoint hit counts as covered).
+
+Ratings are discrete (DICES: three values), so interval coverage is degenerate there: a
+rater on an endpoint is "covered" however wide or narrow the interval. The randomized
+probability integral transform (PIT; Brockwell 2007, Czado, Gneiting & Held 2009) is the
+calibration check that stays exact for discrete ratings:
+
+* F(y) = P(R <= y) is :meth:`RewardDistribution.cdf_at` (right-continuous) and
+  F(y-) = P(R < y) = lim_{r -> y from below} F(r) is computed exactly as
+  1 - P(-R <= -y), the CDF of the reflected distribution (values -Q(1 - u)), so no
+  epsilon is involved. ``R`` is the law of Q(U), U ~ U(0, 1), with Q exactly as above;
+  for kind="quantile" the constant tails are point masses: mass tau_1 AT q_1 and mass
+  1 - tau_K AT q_K (and a flat stretch q_k = q_{k+1} is a mass tau_{k+1} - tau_k). So a
+  rating y == q_1 has [F(y-), F(y)] = [0, tau_1], a rating below q_1 has PIT 0, one above
+  q_K has PIT 1, and a rating strictly inside a linear stretch has F(y-) = F(y).
+* randomized PIT of one (item, rater) pair: Z = F(y-) + V (F(y) - F(y-)), V ~ U(0, 1)
+  drawn from ``numpy.random.default_rng(seed)`` in (item, rater) order. If y is drawn
+  from F, Z ~ U(0, 1) exactly, whether F is discrete, continuous or mixed. Pooled over
+  all (item, rater) pairs of a group.
+* distance from uniform of the pooled Z (n values): Kolmogorov-Smirnov
+  sup_u |G_n(u) - u| (+ its p-value), the exact 1-Wasserstein distance
+  int_0^1 |G_n^{-1}(u) - u| du, and a 10-bin histogram's chi-square
+  sum_j (O_j - n/B)^2 / (n/B) (+ p-value on B - 1 d.o.f.) and its scale-free size
+  w = sqrt(chi2 / n) = sqrt(B sum_j (p_j - 1/B)^2) (0 for a flat histogram).
+* PIT coverage at c: share of Z inside [(1 - c)/2, (1 + c)/2] (nominal: c). An
+  overconfident (too narrow) prediction puts Z near 0 and 1 (U-shaped histogram, coverage
+  below c); a too wide one puts Z near 1/2 (hump, coverage above c).
+* expected PIT histogram (no randomness): bin masses of the non-randomized PIT CDF
+  Fbar(u) = mean over pairs of clip((u - F(y-)) / (F(y) - F(y-)), 0, 1) (a step at F(y)
+  when F(y-) = F(y)), which is E_V of the randomized PIT's empirical CDF; bins
+  [e_j, e_{j+1}) (last one closed) like the randomized histogram's.
+* where the prediction is continuous at y (F(y-) = F(y), e.g. a rating strictly inside a
+  QRM's linear stretch) Z = F(y) is not randomized at all: a continuous prediction of
+  three-valued ratings shows up as spikes in the PIT histogram, which is the correct
+  verdict (it puts no mass on the values raters actually give).
+* spread correlation: Spearman of the predicted spread q0.9 - q0.1 against the raters'
+  std, IQR, variance (same ranks as the std, so the same rho) and Shannon entropy (nats)
+  of the raters' empirical distribution over their distinct values.
 """
 
 from __future__ import annotations
@@ -28,6 +65,7 @@ import torch
 from distrm.distribution import RewardDistribution, default_levels
 
 COVERAGE_LEVELS = (0.5, 0.8, 0.9)
+PIT_BINS = 10
 # nominal central-interval levels for reliability curves
 RELIABILITY_LEVELS = tuple(np.round(np.arange(0.1, 0.91, 0.1), 2).tolist())
 
@@ -145,10 +183,11 @@ def predicted_spread(dist: RewardDistribution, lo: float = 0.1, hi: float = 0.9)
 
 
 def rater_spread(raters: Sequence[Sequence[float]]) -> dict[str, np.ndarray]:
-    """Population std and interquartile range of each item's raters."""
+    """Population std, variance, interquartile range and entropy (nats, over distinct
+    scores) of each item's raters."""
     std = np.array([np.std(np.asarray(r, float)) for r in raters])
     iqr = np.array([np.subtract(*np.percentile(np.asarray(r, float), [75, 25])) for r in raters])
-    return {"std": std, "iqr": iqr}
+    return {"std": std, "var": std**2, "iqr": iqr, "entropy": rater_entropy(raters)}
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -165,6 +204,132 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(spearmanr(x, y).statistic)
 
 
+def rater_entropy(raters: Sequence[Sequence[float]], decimals: int = 9) -> np.ndarray:
+    """Shannon entropy (nats) of each item's raters' empirical distribution over their
+    distinct scores (scores equal after rounding to ``decimals`` are one value)."""
+    out = []
+    for r in raters:
+        _, counts = np.unique(np.round(np.asarray(r, float), decimals), return_counts=True)
+        p = counts / counts.sum()
+        out.append(float(-(p * np.log(p)).sum()) + 0.0)
+    return np.array(out)
+
+
+def _reflect(dist: RewardDistribution) -> RewardDistribution:
+    """The distribution of -R: quantile function -Q(1 - u)."""
+    if dist.kind == "ensemble":
+        return RewardDistribution(values=-dist.values, levels=None, kind="ensemble")
+    return RewardDistribution(values=-dist.values.flip(-1), levels=1 - dist.levels.flip(0), kind="quantile")
+
+
+def cdf_bounds(dist: RewardDistribution, raters: Sequence[Sequence[float]], chunk: int = 256) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(F(y-), F(y)) for every rater y of every item: two lists of arrays, one per item.
+
+    F(y) = P(R <= y) from :meth:`RewardDistribution.cdf_at`; F(y-) = P(R < y) =
+    1 - P(-R <= -y) from the reflected distribution's ``cdf_at`` (exact, no epsilon).
+    Clipped so 0 <= F(y-) <= F(y) <= 1 (rounding in 1 - tau)."""
+    d = dist.to(torch.float64)
+    vals = d.values.reshape(-1, d.values.shape[-1])
+    _check(vals.detach().cpu().numpy(), raters)
+    flat = RewardDistribution(values=vals, levels=d.levels, kind=d.kind)
+    neg = _reflect(flat)
+    lo_out: list[np.ndarray] = []
+    hi_out: list[np.ndarray] = []
+    for s in range(0, len(raters), chunk):
+        rs = [np.asarray(r, float) for r in raters[s : s + chunk]]
+        t = max(len(r) for r in rs)
+        y = np.zeros((len(rs), t))
+        for i, r in enumerate(rs):
+            y[i, : len(r)] = r
+        yt = torch.as_tensor(y, dtype=torch.float64, device=vals.device)
+        idx = slice(s, s + len(rs))
+        hi = flat[idx].cdf_at(yt).cpu().numpy()
+        lo = 1.0 - neg[idx].cdf_at(-yt).cpu().numpy()
+        lo = np.clip(lo, 0.0, 1.0)
+        hi = np.clip(hi, 0.0, 1.0)
+        lo = np.minimum(lo, hi)
+        for i, r in enumerate(rs):
+            lo_out.append(lo[i, : len(r)])
+            hi_out.append(hi[i, : len(r)])
+    return lo_out, hi_out
+
+
+def randomized_pit(dist: RewardDistribution, raters: Sequence[Sequence[float]], seed: int = 0) -> np.ndarray:
+    """Z = F(y-) + V (F(y) - F(y-)), V ~ U(0, 1) seeded, pooled over all (item, rater)
+    pairs in (item, rater) order: U(0, 1) exactly when each y is drawn from its F."""
+    lo, hi = cdf_bounds(dist, raters)
+    lo_a, hi_a = np.concatenate(lo), np.concatenate(hi)
+    v = np.random.default_rng(seed).random(len(lo_a))
+    return lo_a + v * (hi_a - lo_a)
+
+
+def expected_pit_cdf(lo: np.ndarray, hi: np.ndarray, u: np.ndarray, left: bool = False) -> np.ndarray:
+    """Non-randomized PIT CDF Fbar(u) = mean_i clip((u - lo_i) / (hi_i - lo_i), 0, 1)
+    (a step at lo_i where lo_i == hi_i) at points ``u``: E_V of the randomized PIT's
+    empirical CDF (Czado, Gneiting & Held 2009). ``left=True``: the limit from below,
+    Fbar(u-) (differs only by the steps AT u)."""
+    lo, hi, u = np.asarray(lo, float)[None, :], np.asarray(hi, float)[None, :], np.asarray(u, float)[:, None]
+    w = hi - lo
+    step = (u > lo) if left else (u >= lo)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phi = np.where(w > 0, np.clip((u - lo) / np.where(w > 0, w, 1.0), 0.0, 1.0), step.astype(float))
+    return phi.mean(-1)
+
+
+def uniform_w1(z: np.ndarray) -> float:
+    """Exact 1-Wasserstein distance between the empirical distribution of ``z`` and U(0, 1):
+    int_0^1 |z_(k(u)) - u| du with z_(k) on ((k-1)/n, k/n]."""
+    z = np.sort(np.asarray(z, float))
+    n = len(z)
+    lo = np.arange(n) / n
+    hi = np.arange(1, n + 1) / n
+    below = (hi - lo) * ((lo + hi) / 2 - z)  # z <= lo: int (u - z)
+    above = (hi - lo) * (z - (lo + hi) / 2)  # z >= hi: int (z - u)
+    inside = ((z - lo) ** 2 + (hi - z) ** 2) / 2
+    return float(np.sum(np.where(z <= lo, below, np.where(z >= hi, above, inside))))
+
+
+def pit_summary(z: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None, bins: int = PIT_BINS) -> dict:
+    """Distance from uniform, histogram and central coverage of pooled PIT values ``z``
+    (``lo``/``hi``: the F(y-), F(y) they came from, for the exact expected histogram)."""
+    from scipy.stats import chi2 as chi2_dist
+    from scipy.stats import kstest
+
+    z = np.asarray(z, float)
+    n = len(z)
+    if n == 0:
+        raise ValueError("no PIT values")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    counts = np.histogram(z, bins=edges)[0]
+    expected = n / bins
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    ks = kstest(z, "uniform")
+    out = {
+        "n_pit": int(n),
+        "pit_ks": float(ks.statistic),
+        "pit_ks_p": float(ks.pvalue),
+        "pit_w1": uniform_w1(z),
+        "pit_chi2": chi2,
+        "pit_chi2_p": float(chi2_dist.sf(chi2, bins - 1)),
+        "pit_hist_w": float(np.sqrt(chi2 / n)),
+        "pit_hist": (counts / n).tolist(),
+        "pit_bins": edges.tolist(),
+        "pit_coverage": {
+            f"{c:g}": float(np.mean((z >= (1 - c) / 2 - 1e-12) & (z <= (1 + c) / 2 + 1e-12))) for c in COVERAGE_LEVELS
+        },
+    }
+    if lo is not None and hi is not None:
+        # same bins as np.histogram: [e_j, e_{j+1}) and the last one closed; coverage closed
+        below = expected_pit_cdf(lo, hi, edges, left=True)
+        below[-1] = expected_pit_cdf(lo, hi, edges[-1:])[0]
+        out["pit_hist_expected"] = np.diff(below).tolist()
+        out["pit_coverage_expected"] = {
+            f"{c:g}": float(expected_pit_cdf(lo, hi, [(1 + c) / 2])[0] - expected_pit_cdf(lo, hi, [(1 - c) / 2], left=True)[0])
+            for c in COVERAGE_LEVELS
+        }
+    return out
+
+
 def _check(arr: np.ndarray, raters: Sequence[Sequence[float]]) -> None:
     if arr.shape[0] != len(raters):
         raise ValueError(f"{arr.shape[0]} predictions but {len(raters)} rater lists")
@@ -173,8 +338,9 @@ def _check(arr: np.ndarray, raters: Sequence[Sequence[float]]) -> None:
             raise ValueError(f"item {i} has no rater scores")
 
 
-def calibration_metrics(dist: RewardDistribution, raters: Sequence[Sequence[float]]) -> dict:
-    """All metrics for a batch of items: per-item arrays (for plots) and their means."""
+def calibration_metrics(dist: RewardDistribution, raters: Sequence[Sequence[float]], seed: int = 0) -> dict:
+    """All metrics for a batch of items: per-item arrays (for plots) and their means, plus
+    the pooled randomized PIT values ("pit", (item, rater) order; ``seed`` draws V)."""
     per_item = {
         "pinball": pinball(dist, raters),
         "crps": crps(dist, raters),
@@ -193,6 +359,13 @@ def calibration_metrics(dist: RewardDistribution, raters: Sequence[Sequence[floa
     summary["reliability"] = {f"{p:g}": float(np.mean(per_item[f"cov_{p:g}"])) for p in RELIABILITY_LEVELS}
     summary["spread_spearman_std"] = spearman(per_item["pred_spread"], per_item["rater_std"])
     summary["spread_spearman_iqr"] = spearman(per_item["pred_spread"], per_item["rater_iqr"])
+    summary["spread_spearman_var"] = spearman(per_item["pred_spread"], per_item["rater_var"])
+    summary["spread_spearman_entropy"] = spearman(per_item["pred_spread"], per_item["rater_entropy"])
     summary["n_items"] = len(raters)
     summary["n_ratings"] = int(per_item["n_raters"].sum())
-    return {"summary": summary, "per_item": per_item}
+    lo, hi = cdf_bounds(dist, raters)
+    lo_a, hi_a = np.concatenate(lo), np.concatenate(hi)
+    z = lo_a + np.random.default_rng(seed).random(len(lo_a)) * (hi_a - lo_a)  # == randomized_pit(dist, raters, seed)
+    summary.update(pit_summary(z, lo_a, hi_a))
+    summary["pit_seed"] = int(seed)
+    return {"summary": summary, "per_item": per_item, "pit": z}

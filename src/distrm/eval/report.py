@@ -267,6 +267,39 @@ def variance_section(label: str, v: dict[str, Any]) -> str:
             f"<img src='{fig_to_data_uri(fig)}'>" + "".join(t) + "</table>")
 
 
+def pit_histogram_figure(results: dict[str, dict[str, Any]], groups: Sequence[str]) -> str | None:
+    """Grid of randomized-PIT histograms (rows: set/attribute, columns: method) as a data
+    URI, densities so a calibrated model is flat at 1; None when no result has PIT data
+    (JSON written before the PIT was added)."""
+    rows = [g for g in groups if any("pit_hist" in (rr.get(g) or {}) for rr in results.values())]
+    if not rows:
+        return None
+    plt = _plt()
+    methods = list(results)
+    fig, axes = plt.subplots(len(rows), len(methods), figsize=(3.4 * len(methods), 1.9 * len(rows) + 0.4), squeeze=False)
+    for i, g in enumerate(rows):
+        for j, m in enumerate(methods):
+            ax = axes[i][j]
+            s = results[m].get(g) or {}
+            if "pit_hist" not in s:
+                ax.axis("off")
+                continue
+            edges = np.asarray(s.get("pit_bins") or np.linspace(0, 1, len(s["pit_hist"]) + 1), float)
+            w = np.diff(edges)
+            ax.bar(edges[:-1], np.asarray(s["pit_hist"], float) / w, width=w, align="edge", color="#7aa6d6", edgecolor="white")
+            if s.get("pit_hist_expected"):
+                ax.stairs(np.asarray(s["pit_hist_expected"], float) / w, edges, color="#c0392b", lw=1.2)
+            ax.axhline(1.0, color="k", ls=":", lw=0.8)
+            ax.set_xlim(0, 1)
+            ax.tick_params(labelsize=7)
+            ks = s.get("pit_ks")
+            ax.set_title(f"{g[:28]} | {m[:22]}" + (f"\nKS {ks:.3f}, n {s.get('n_pit', '?')}" if ks is not None else ""), fontsize=7)
+            if i == len(rows) - 1:
+                ax.set_xlabel("PIT", fontsize=8)
+    fig.tight_layout()
+    return fig_to_data_uri(fig)
+
+
 def calibration_section(res: dict[str, Any]) -> str:
     plt = _plt()
     results = res["results"]
@@ -274,7 +307,13 @@ def calibration_section(res: dict[str, Any]) -> str:
              f"{_esc(res.get('scale', ''))}.</p>"]
     groups = sorted({g for r in results.values() for g in r})
     t = ["<table><tr><th class='l'>set / attribute</th><th class='l'>method</th><th>items</th><th>ratings</th><th>pinball</th>"
-         "<th>CRPS</th><th>W1</th><th>|mean err|</th><th>cov 50</th><th>cov 80</th><th>cov 90</th><th>rho(spread, rater sd)</th></tr>"]
+         "<th>CRPS</th><th>W1</th><th>|mean err|</th><th>cov 50</th><th>cov 80</th><th>cov 90</th><th>rho(spread, rater sd)</th>"
+         "<th>rho(spread, rater entropy)</th><th>PIT KS</th><th>PIT W1</th><th>PIT chi2 w</th>"
+         "<th>PIT cov 50</th><th>PIT cov 80</th><th>PIT cov 90</th></tr>"]
+
+    def num(x: Any, p: int) -> str:
+        return "n/a" if x is None else f"{x:.{p}f}"
+
     for g in groups:
         for m, rr in results.items():
             s = rr.get(g)
@@ -285,9 +324,21 @@ def calibration_section(res: dict[str, Any]) -> str:
                 f"<tr><td class='l'>{_esc(g)}</td><td class='l'>{_esc(m)}</td><td>{s['n_items']}</td><td>{s['n_ratings']}</td>"
                 f"<td>{s['pinball']:.4f}</td><td>{s['crps']:.4f}</td><td>{s['w1']:.4f}</td><td>{s['mae_mean']:.4f}</td>"
                 + "".join(f"<td>{s['coverage'][k]:.2f}</td>" for k in ("0.5", "0.8", "0.9"))
-                + f"<td>{'n/a' if rho is None else f'{rho:.3f}'}</td></tr>"
+                + f"<td>{num(rho, 3)}</td><td>{num(s.get('spread_spearman_entropy'), 3)}</td>"
+                + f"<td>{num(s.get('pit_ks'), 4)}</td><td>{num(s.get('pit_w1'), 4)}</td><td>{num(s.get('pit_hist_w'), 3)}</td>"
+                + "".join(f"<td>{num(s.get('pit_coverage', {}).get(k), 2)}</td>" for k in ("0.5", "0.8", "0.9"))
+                + "</tr>"
             )
     parts.append("".join(t) + "</table>")
+    pit = pit_histogram_figure(results, groups)
+    if pit:
+        parts.append(
+            "<h3>Randomized PIT histograms</h3><p class='note'>Bars: the randomized PIT Z = F(y-) + V (F(y) - F(y-)) of every "
+            "(item, rater) pair, pooled per set/attribute (seeded V); line: the exact expected histogram (no "
+            "randomness). Flat at 1 (dotted) = calibrated; U shape = overconfident (too narrow); hump = too wide; "
+            "slope = biased mean. Where the prediction is continuous at a rating, Z = F(y) is not randomized, so a "
+            f"continuous prediction of discrete ratings shows spikes.</p><img src='{pit}'>"
+        )
     # reliability: nominal vs observed coverage, one panel per method, one line per group
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4), squeeze=False)
     cmap = plt.get_cmap("tab10")

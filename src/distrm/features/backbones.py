@@ -313,7 +313,13 @@ class Backbone:
         if random_weights:
             model = AutoModel.from_config(config, dtype=dt)
         else:
-            model = AutoModel.from_pretrained(path, dtype=dt)
+            # safetensors only: a pickle checkpoint is never unpickled, whatever torch's default
+            try:
+                model = AutoModel.from_pretrained(path, dtype=dt, use_safetensors=True)
+            except OSError as e:
+                raise FileNotFoundError(f"backbone {name_or_path!r}: no *.safetensors weights in {path} (pickle checkpoints "
+                                        f"are refused; convert them with save_pretrained(safe_serialization=True)): "
+                                        f"{str(e).splitlines()[0]}") from None
         model.name_or_path = path
         model.to(dev).eval()
         if kind == "causal":

@@ -18,6 +18,39 @@
   the backbone before that is a separate command, not done here).
   There is no intercept: it cancels in r_c - r_r, so BT cannot identify it.
 
+  Diversity with epistemic meaning. A linear BT head with an L2 penalty is strictly convex:
+  without the bootstrap, converged members from any starts are the same head (correlation
+  1.000). Two remedies, combinable with the bootstrap and with each other, replace the
+  penalty's centre 0 by a per-member centre m_i (standardised-weight units):
+
+      L_i(w_i) = (1/n) sum_p c_ip softplus(-(w_i^T D_p)) + (l2 / 2) ||w_i - m_i||^2,
+      m_i = a_i + beta * v_i,     a_i, v_i ~ N(0, s^2 I) independent, fixed before training,
+
+  * ``anchored=True`` (Pearce et al. 2020, "Uncertainty in Neural Networks: Approximately
+    Bayesian Ensembling"): anchor a_i drawn from the prior N(0, s^2 I); member i's
+    regulariser pulls toward its own anchor instead of 0. The Gaussian prior implied by the
+    penalty of the mean loss is N(0, 1/(n l2) I), hence the default s = 1/sqrt(n l2); with that
+    prior the anchored members of a linear-Gaussian model are exact posterior draws.
+  * ``prior_scale=beta > 0`` (Osband et al. 2018, "Randomized Prior Functions"): member i is
+    f_i(x) = g_i(x) + beta * p_i(x) with a trainable g_i(x) = theta_i^T x (penalised towards
+    0) and a fixed random linear prior p_i(x) = v_i^T x. With w_i = theta_i + beta v_i,
+    ||theta_i||^2 = ||w_i - beta v_i||^2: for linear heads the randomized prior *is* anchoring
+    at beta v_i. The saved head is the sum, coef_ = theta_i + beta v_i (prior folded in), so
+    the model stays N linear heads.
+
+  In directions the training differences D never span (features that are constant, or that
+  cancel in every pair), the data say nothing: plain and bootstrap members all sit at 0
+  there, anchored / prior members at their own m_i -- disagreement exactly where the data
+  are silent. Along spanned directions far from the data, every variant's member variance
+  grows with the distance (the spread of w_i times the feature norm).
+  With ``init="random"`` a member starts at m_i + N(0, init_std^2) noise.
+
+  Collapse check: after ``fit``, ``member_correlation_`` is the mean pairwise Pearson
+  correlation of the members' rewards on the training features (chosen and rejected), and
+  ``member_disagreement_`` the mean across inputs of the across-member variance divided by
+  the variance over inputs of the ensemble-mean reward; a warning is logged when the
+  correlation exceeds ``collapse_corr``.
+
 * :class:`BootstrapQuantileHeads` -- B quantile-head models (``QuantileHeads``), each fit on
   a bootstrap resample of the rated *items* (an item keeps all its raters: raters of one
   item are not independent draws, so the item is the resampling unit). Per input and
@@ -33,6 +66,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -41,6 +75,8 @@ import torch.nn.functional as F
 
 from distrm.distribution import RewardDistribution, default_levels
 from distrm.heads.targets import as_long_targets
+
+logger = logging.getLogger(__name__)
 
 Optimizer = Literal["adam", "lbfgs"]
 Init = Literal["random", "single_head"]
@@ -74,6 +110,15 @@ class BTEnsembleHeads:
         max_iter: L-BFGS iterations (also for the single head).
         standardize: train on features divided by their spread (so ``l2`` and ``init_std`` mean
             the same on every backbone); folded into ``coef_``, which acts on raw features.
+        anchored: anchored ensemble (Pearce et al. 2020): member i's L2 penalty pulls toward
+            its own anchor a_i ~ N(0, prior_std^2 I) instead of 0.
+        prior_scale: beta of the randomized prior functions (Osband et al. 2018): member i =
+            trainable linear head + beta * fixed random linear prior v_i ~ N(0, prior_std^2 I);
+            folded into ``coef_``. 0 = off.
+        prior_std: std of the anchors / prior weights (standardised units); None = the prior
+            implied by the penalty, 1 / sqrt(n * l2).
+        collapse_corr: log a collapse warning when the members' mean pairwise reward
+            correlation on the training features is above this.
     """
 
     def __init__(
@@ -90,6 +135,10 @@ class BTEnsembleHeads:
         init: Init = "random",
         max_iter: int = 500,
         standardize: bool = True,
+        anchored: bool = False,
+        prior_scale: float = 0.0,
+        prior_std: float | None = None,
+        collapse_corr: float = 0.99,
     ) -> None:
         self.n_members = n_members
         self.bootstrap = bootstrap
@@ -103,24 +152,29 @@ class BTEnsembleHeads:
         self.init = init
         self.max_iter = max_iter
         self.standardize = standardize
+        self.anchored = anchored
+        self.prior_scale = prior_scale
+        self.prior_std = prior_std
+        self.collapse_corr = collapse_corr
 
     # ------------------------------------------------------------------ loss
-    def _member_losses(self, W: torch.Tensor, D: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-        """[N] per-member losses L_i on pairs D [n, d] with weights C [N, n]."""
+    def _member_losses(self, W: torch.Tensor, D: torch.Tensor, C: torch.Tensor, M: torch.Tensor | None = None) -> torch.Tensor:
+        """[N] per-member losses L_i on pairs D [n, d] with weights C [N, n], penalty centres M [N, d]."""
         S = D @ W.T  # [n, N] margins r_c - r_r per member
         data = (C.T * F.softplus(-S)).sum(0) / D.shape[0]
-        return data + 0.5 * self.l2 * (W * W).sum(1)
+        R = W if M is None else W - M
+        return data + 0.5 * self.l2 * (R * R).sum(1)
 
     def member_losses(self, X_chosen: Any, X_rejected: Any) -> torch.Tensor:
         """[N] each member's own objective L_i (its bootstrap weights included) at the fit."""
         D = (_as_f64(X_chosen) - _as_f64(X_rejected)) / self.feature_scale_
-        return self._member_losses(self.coef_ * self.feature_scale_, D, self.counts_)
+        return self._member_losses(self.coef_ * self.feature_scale_, D, self.counts_, self.penalty_centre_)
 
     def member_gradients(self, X_chosen: Any, X_rejected: Any) -> torch.Tensor:
         """[N, d] dL_i/dw_i at the fitted weights (~0 when each member reached its optimum)."""
         D = (_as_f64(X_chosen) - _as_f64(X_rejected)) / self.feature_scale_
         W = (self.coef_ * self.feature_scale_).requires_grad_(True)
-        self._member_losses(W, D, self.counts_).sum().backward()
+        self._member_losses(W, D, self.counts_, self.penalty_centre_).sum().backward()
         return W.grad.detach()  # with respect to the standardised weights
 
     # ------------------------------------------------------------------ fit
@@ -136,6 +190,13 @@ class BTEnsembleHeads:
             raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
         if self.init not in ("random", "single_head"):
             raise ValueError(f"init must be 'random' or 'single_head', got {self.init!r}")
+        if not self.prior_scale >= 0:
+            raise ValueError(f"prior_scale must be >= 0, got {self.prior_scale}")
+        diverse_prior = self.anchored or self.prior_scale > 0
+        if diverse_prior and self.prior_std is None and not self.l2 > 0:
+            raise ValueError("anchored / prior_scale need l2 > 0 (the penalty is what pulls toward the anchor) or an explicit prior_std")
+        if self.prior_std is not None and not self.prior_std > 0:
+            raise ValueError(f"prior_std must be > 0, got {self.prior_std}")
         from distrm.heads.objective import standardizer
 
         scale = standardizer(torch.cat([Xc, Xr]))[1] if self.standardize else torch.ones(Xc.shape[1], dtype=torch.float64)
@@ -146,6 +207,22 @@ class BTEnsembleHeads:
         C = bootstrap_counts(n, N, g) if self.bootstrap else torch.ones(N, n, dtype=torch.float64)
 
         W0 = torch.randn(N, d, generator=g, dtype=torch.float64) * self.init_std
+        # penalty centres m_i = a_i + beta v_i (zeros: the plain ridge penalty)
+        M = torch.zeros(N, d, dtype=torch.float64)
+        s_prior = float(self.prior_std) if self.prior_std is not None else (1.0 / float(n * self.l2) ** 0.5 if diverse_prior else 0.0)
+        g_prior = torch.Generator().manual_seed(self.seed + 7919)  # own stream: the other draws stay as without it
+        self.anchor_coef_ = self.prior_coef_ = None
+        if self.anchored:
+            A = torch.randn(N, d, generator=g_prior, dtype=torch.float64) * s_prior
+            M = M + A
+            self.anchor_coef_ = A / scale  # raw units
+        if self.prior_scale > 0:
+            V = torch.randn(N, d, generator=g_prior, dtype=torch.float64) * s_prior
+            M = M + self.prior_scale * V
+            self.prior_coef_ = V / scale  # raw units; the prior function is x -> prior_scale * prior_coef_ x
+        self.prior_std_ = s_prior
+        if self.init == "random":
+            W0 = W0 + M  # start at the centre of the member's own penalty
         if self.init == "single_head":
             from distrm.heads.baselines import BTHead
 
@@ -163,7 +240,7 @@ class BTEnsembleHeads:
 
             def closure() -> torch.Tensor:
                 opt.zero_grad()
-                loss = self._member_losses(W, D, C).sum()
+                loss = self._member_losses(W, D, C, M).sum()
                 loss.backward()
                 history.append(float(loss.detach()) / N)
                 return loss
@@ -179,20 +256,41 @@ class BTEnsembleHeads:
                     opt.zero_grad()
                     # mini-batch estimate of sum_i L_i (weights of the batch rows, mean over the batch)
                     S = D[b] @ W.T
-                    loss = (C[:, b].T * F.softplus(-S)).sum() / len(b) + 0.5 * self.l2 * (W * W).sum()
+                    R = W - M
+                    loss = (C[:, b].T * F.softplus(-S)).sum() / len(b) + 0.5 * self.l2 * (R * R).sum()
                     loss.backward()
                     opt.step()
                 with torch.no_grad():
-                    history.append(float(self._member_losses(W, D, C).mean()))
-        self.coef_ = W.detach() / scale
+                    history.append(float(self._member_losses(W, D, C, M).mean()))
+        self.coef_ = W.detach() / scale  # prior functions included (w_i = theta_i + beta v_i)
         self.feature_scale_ = scale
         self.counts_ = C
+        self.penalty_centre_ = M  # [N, d] m_i, standardised units
         self.loss_history_ = history
         with torch.no_grad():
             S = D @ W.detach().T
             self.train_accuracy_ = ((S > 0).double().mean(0))  # [N], on all pairs (not the resample)
         self.n_features_in_ = d
+        self._check_collapse(torch.cat([Xc, Xr]))
         return self
+
+    def _check_collapse(self, X: torch.Tensor) -> None:
+        from distrm.eval.disagreement import member_diversity
+
+        N = self.n_members
+        div = member_diversity(self.predict(X))
+        self.member_correlation_ = div["mean_pairwise_corr"]
+        spread = div["reward_std"] ** 2
+        self.member_disagreement_ = div["mean_variance"] / spread if spread > 0 else float("nan")
+        if N > 1 and not self.member_correlation_ <= self.collapse_corr:
+            logger.warning(
+                "ensemble collapse: the %d members' rewards correlate at %.4f (mean pairwise, training "
+                "features; threshold %.2f), member variance / reward variance = %.2g; their disagreement "
+                "carries little epistemic information. Use bootstrap=True and/or anchored=True or "
+                "prior_scale > 0 (anchored / randomized-prior ensembles)%s.",
+                N, self.member_correlation_, self.collapse_corr, self.member_disagreement_,
+                "" if self.bootstrap else "; bootstrap is off",
+            )
 
     def predict(self, X: Any) -> torch.Tensor:
         """[n, N] member rewards."""

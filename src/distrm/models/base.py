@@ -18,11 +18,14 @@ Why one shared folder writer: a model folder is what users copy, push and serve,
 failure modes (a save killed half-way, a backbone referenced by the absolute path of the
 machine it was trained on) are the same for every model type. So the writer lives here once:
 
-* **Atomic, verifiable.** ``save_pretrained`` first removes the manifest, writes every file
-  to a temporary name and renames it, and writes ``distrm_manifest.json`` (sha256 of
-  ``config.json`` and ``model.safetensors``) last. ``from_pretrained`` refuses a folder
-  without a manifest or whose files do not match it, so a killed save is an error naming
-  the folder, never new weights read with an old config.
+* **Atomic, verifiable.** ``save_pretrained`` writes every new file into a staging folder
+  inside the target (``.distrm-save-<pid>``) while the old model stays whole and loadable;
+  only then it removes the manifest, renames the staged files (and a bundled backbone
+  folder) into place and writes ``distrm_manifest.json`` (sha256 of ``config.json`` and
+  ``model.safetensors``) last. ``from_pretrained`` refuses a folder without a manifest or
+  whose files do not match it, so a save killed at any step leaves the old model, the new
+  one, or an error naming the folder -- never new weights read with an old config. The
+  staging folder of a killed save is hidden, ignored by loads and removed by the next save.
 * **Portable backbones.** The backbone is recorded as an alias, a Hub id plus the commit
   it resolved to (``backbone_revision``), or a path *relative to the model folder*
   (``./backbone`` when bundled with ``include_backbone=True``), so a folder copied to
@@ -33,7 +36,6 @@ machine it was trained on) are the same for every model type. So the writer live
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import json
 import os
@@ -49,6 +51,7 @@ from safetensors.torch import load_file, save_file
 from distrm import __version__
 from distrm.data.records import Prompt
 from distrm.distribution import RewardDistribution
+from distrm.features.store import sha256_file
 from distrm.hf_hub import is_hub_id, snapshot_dir
 
 CONFIG_NAME = "config.json"
@@ -158,18 +161,50 @@ def warn_empty(responses: Sequence[str]) -> int:
     return n
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+SAVE_STAGING_PREFIX = ".distrm-save-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a leftover of this very process (an earlier save that raised): ours to remove
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_saves(path: Path) -> list[Path]:
+    """Remove what killed saves left in ``path``: staging folders ``.distrm-save-<pid>`` and
+    temporary files ``.<name>.tmp-<pid>`` of the files a save writes, whose process is gone
+    (a save running right now in another process keeps its own). Returns what was removed."""
+    removed: list[Path] = []
+    if not path.is_dir():
+        return removed
+    ours = (CONFIG_NAME, WEIGHTS_NAME, MANIFEST_NAME, "README.md")
+    for p in path.iterdir():
+        if p.name.startswith(SAVE_STAGING_PREFIX):
+            pid = p.name[len(SAVE_STAGING_PREFIX):]
+        elif any(p.name.startswith(f".{n}.tmp-") for n in ours):
+            pid = p.name.rsplit(".tmp-", 1)[1]
+        else:
+            continue
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def read_config_json(path: Path) -> dict[str, Any]:
@@ -208,6 +243,36 @@ def verify_manifest(path: Path) -> None:
             raise ValueError(f"{f}: does not match {MANIFEST_NAME} (changed or half-written since the model was saved)")
 
 
+@dataclass(kw_only=True)
+class BackboneFields:
+    """The fields of ``config.json`` every model type records about the frozen backbone its
+    heads were trained on; a model type's config dataclass extends this with its own fields
+    (keyword-only, so a subclass may add fields without defaults)."""
+
+    backbone: str  # alias, Hub id, or a path (relative to the model folder when saved)
+    feature_dim: int
+    backbone_identity: str | None = None
+    backbone_max_length: int = 512
+    backbone_dtype: str | None = None  # None: the device default (fp32 on CPU, bf16 on GPU)
+    backbone_revision: str | None = None  # commit hash of a Hub backbone
+
+
+def check_backbone_folder(ref: str, where: Any) -> None:
+    """A local backbone folder must hold safetensors weights: one with only pickle checkpoints
+    (``pytorch_model.bin`` ...) is refused here, before anything could pass it to ``torch.load``."""
+    from distrm.features.backbones import ALIASES
+
+    p = Path(ref)
+    if ref in ALIASES or not p.is_dir():
+        return
+    if any(f.suffix == ".safetensors" for f in p.iterdir()):
+        return
+    pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"{where}: backbone folder {p} holds only pickle weights {pickles}, expected *.safetensors "
+                         "(pickle files are refused, they can run code on load; convert the backbone to safetensors)")
+
+
 def resolve_backbone_ref(name: str, model_dir: Path | None) -> str:
     """A backbone recorded relative to the model folder (``./backbone``, ``../tuned``) -> a path."""
     if model_dir is not None and (name in (".", "..") or name.startswith(("./", "../"))):
@@ -218,9 +283,8 @@ def resolve_backbone_ref(name: str, model_dir: Path | None) -> str:
 class RewardModel:
     """Base of every distrm reward model (see the module docstring for the protocol).
 
-    A subclass sets ``model_type`` and ``config_class`` (a dataclass with at least
-    ``backbone``, ``backbone_identity``, ``backbone_revision``, ``backbone_max_length``,
-    ``backbone_dtype``, ``feature_dim`` and ``model_type``) and implements
+    A subclass sets ``model_type`` and ``config_class`` (a dataclass extending
+    :class:`BackboneFields`, with a ``model_type`` field) and implements
     ``score_features``, ``state_tensors``, ``from_state`` and ``card_summary``."""
 
     model_type: ClassVar[str]
@@ -276,6 +340,7 @@ class RewardModel:
             from distrm.features.backbones import load_for_heads
 
             c = self.config
+            check_backbone_folder(resolve_backbone_ref(c.backbone, self._model_dir), "backbone")
             self._backbone = load_for_heads(resolve_backbone_ref(c.backbone, self._model_dir), c.backbone_max_length,
                                             c.backbone_identity, c.backbone_dtype, getattr(c, "backbone_revision", None),
                                             getattr(c, "backbone_prompt_token", "after_header"))
@@ -311,27 +376,49 @@ class RewardModel:
 
         ``include_backbone=True`` copies the backbone's folder (safetensors weights, config,
         tokenizer) into ``path/backbone`` and records it as ``./backbone``: the folder is then
-        self-contained. Otherwise a local backbone is recorded relative to ``path``."""
+        self-contained. Otherwise a local backbone is recorded relative to ``path``.
+
+        Into an existing folder the save is all or nothing: everything is written into a
+        staging folder first (the old model stays loadable meanwhile), then renamed into place
+        under a removed manifest, and sealed by the new manifest; a save killed at any step
+        loads as the old model, the new one, or is refused with a line naming the folder."""
         from distrm.models.card import write_model_card
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / MANIFEST_NAME).unlink(missing_ok=True)  # from here until the end the folder reads as unfinished
-        config = dataclasses.replace(self.config)
-        config.backbone = self._portable_backbone(path, include_backbone)
-        weights = path / WEIGHTS_NAME
-        tmp = weights.with_name(f".{WEIGHTS_NAME}.tmp-{os.getpid()}")
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_tensors().items()}
-        save_file(tensors, str(tmp), metadata={"format": "pt", "distrm_version": __version__, "model_type": self.model_type})
-        os.replace(tmp, weights)
-        raw = dataclasses.asdict(config)
-        _write_atomic(path / CONFIG_NAME, (json.dumps(raw, indent=2) + "\n").encode("utf-8"))
-        write_model_card(path, self.model_type, raw, self.card_summary(), self.card_training())
-        write_manifest(path, self.model_type)
+        clean_stale_saves(path)
+        stage = path / f"{SAVE_STAGING_PREFIX}{os.getpid()}"
+        stage.mkdir()
+        try:
+            config = dataclasses.replace(self.config)
+            config.backbone, bundle_src = self._portable_backbone(path, include_backbone)
+            tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_tensors().items()}
+            save_file(tensors, str(stage / WEIGHTS_NAME),
+                      metadata={"format": "pt", "distrm_version": __version__, "model_type": self.model_type})
+            raw = dataclasses.asdict(config)
+            (stage / CONFIG_NAME).write_bytes((json.dumps(raw, indent=2) + "\n").encode("utf-8"))
+            card = write_model_card(stage, self.model_type, raw, self.card_summary(), self.card_training())
+            if bundle_src is not None:
+                shutil.copytree(bundle_src, stage / BUNDLED_BACKBONE,
+                                ignore=shutil.ignore_patterns(*[f"*{s}" for s in PICKLE_SUFFIXES], ".*"))
+            # commit: from here until the new manifest the folder reads as unfinished
+            (path / MANIFEST_NAME).unlink(missing_ok=True)
+            if bundle_src is not None:
+                dst = path / BUNDLED_BACKBONE
+                if dst.exists() or dst.is_symlink():
+                    os.replace(dst, stage / f"{BUNDLED_BACKBONE}.old")
+                os.replace(stage / BUNDLED_BACKBONE, dst)
+            os.replace(stage / WEIGHTS_NAME, path / WEIGHTS_NAME)
+            os.replace(stage / CONFIG_NAME, path / CONFIG_NAME)
+            os.replace(card, path / Path(card).name)
+            write_manifest(path, self.model_type)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         self.config, self._model_dir = config, path.resolve()
         return path
 
-    def _portable_backbone(self, path: Path, include_backbone: bool) -> str:
+    def _portable_backbone(self, path: Path, include_backbone: bool) -> tuple[str, Path | None]:
+        """The backbone reference to record, and the folder to bundle (None: nothing to copy)."""
         from distrm.features.backbones import ALIASES, resolve_model_dir
         name = resolve_backbone_ref(self.config.backbone, self._model_dir)
         if include_backbone:
@@ -339,20 +426,16 @@ class RewardModel:
             if src is None:
                 src = snapshot_dir(name, getattr(self.config, "backbone_revision", None))
             dst = path / BUNDLED_BACKBONE
-            if src.resolve() != dst.resolve():
-                if dst.exists():
-                    shutil.rmtree(dst)
-                shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*[f"*{s}" for s in PICKLE_SUFFIXES], ".*"))
-            return f"./{BUNDLED_BACKBONE}"
+            return f"./{BUNDLED_BACKBONE}", (None if src.resolve() == dst.resolve() else src)
         if name in ALIASES or is_hub_id(name) or not Path(name).is_dir():
-            return name
+            return name, None
         # relative when the backbone sits inside or next to the model folder (they move together:
         # finetune-backbone's OUT/reward_model -> ".."); absolute otherwise (a copied folder still
         # finds a backbone elsewhere on this machine); bundle it for another machine
         rel = os.path.relpath(Path(name).resolve(), path.resolve())
         if Path(rel).parts[:2] == ("..", ".."):
-            return str(Path(name).resolve())
-        return rel if rel.startswith("..") else f"./{rel}"
+            return str(Path(name).resolve()), None
+        return (rel if rel.startswith("..") else f"./{rel}"), None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, backbone: Any = None, revision: str | None = None) -> "RewardModel":
@@ -382,6 +465,8 @@ class RewardModel:
             if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                 raise ValueError(f"{path / WEIGHTS_NAME}: tensor {k!r} holds non-finite values")
         model = klass.from_state(config, tensors, str(path / WEIGHTS_NAME), backbone)
+        if backbone is None:
+            check_backbone_folder(resolve_backbone_ref(config.backbone, path.resolve()), f"{path / CONFIG_NAME}: field 'backbone'")
         model._model_dir = path.resolve()
         return model
 

@@ -27,23 +27,17 @@ import torch
 
 from distrm import __version__
 from distrm.distribution import RewardDistribution
-from distrm.models.base import RewardModel, ScoreOutput, check_shape
+from distrm.models.base import BackboneFields, RewardModel, ScoreOutput, check_shape
 
 MODEL_TYPE = "ensemble"
 
 
 @dataclass
-class EnsembleModelConfig:
-    """What ``config.json`` of a saved ensemble holds."""
+class EnsembleModelConfig(BackboneFields):
+    """What ``config.json`` of a saved ensemble holds (the backbone's fields: :class:`BackboneFields`)."""
 
-    backbone: str
-    feature_dim: int
     n_members: int
     model_type: str = MODEL_TYPE
-    backbone_identity: str | None = None
-    backbone_max_length: int = 512
-    backbone_dtype: str | None = None  # None: the device default (fp32 on CPU, bf16 on GPU)
-    backbone_revision: str | None = None  # commit hash of a Hub backbone
     training: dict[str, Any] = field(default_factory=dict)  # provenance: hyperparameters, data sizes
     distrm_version: str = __version__
 

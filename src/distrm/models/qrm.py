@@ -25,15 +25,15 @@ from distrm import __version__
 from distrm.distribution import RewardDistribution
 from distrm.heads.debias import length_signal
 from distrm.heads.gate import GatingNetwork
-from distrm.models.base import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, RewardModel, ScoreOutput, check_shape, warn_empty  # noqa: F401
+from distrm.models.base import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, BackboneFields, RewardModel, ScoreOutput, check_shape, warn_empty  # noqa: F401
 
 MODEL_TYPE = "qrm"
 
 
 @dataclass
-class ModelConfig:
-    backbone: str
-    feature_dim: int
+class ModelConfig(BackboneFields):
+    """What ``config.json`` of a saved QRM holds (the backbone's fields: :class:`BackboneFields`)."""
+
     attributes: list[str]
     head: str = "quantile"  # "quantile" (K levels) or "ridge" (point estimate, K = 1)
     levels: list[float] | None = None
@@ -47,10 +47,6 @@ class ModelConfig:
     fixed_weights: list[float] | None = None
     debias_source: str | None = "length"  # None, "length" or an attribute name
     mix: str = "quantile_average"
-    backbone_identity: str | None = None
-    backbone_max_length: int = 512
-    backbone_dtype: str | None = None  # None: the device default (fp32 on CPU, bf16 on GPU)
-    backbone_revision: str | None = None  # commit hash of a Hub backbone
     # prompt-feature token of a causal backbone: "after_header" (distrm) or "before_header"
     # (the released QRM/ArmoRM gating token; see distrm.features.backbones)
     backbone_prompt_token: str = "after_header"

@@ -46,28 +46,23 @@ import torch
 from distrm import __version__
 from distrm.distribution import RewardDistribution
 from distrm.heads.ensemble import BootstrapQuantileHeads
-from distrm.models.base import RewardModel, ScoreOutput, check_shape
+from distrm.models.base import BackboneFields, RewardModel, ScoreOutput, check_shape
 
 MODEL_TYPE = "quantile_ensemble"
 MIX_METHODS = ("quantile_average", "probability")
 
 
 @dataclass
-class QuantileEnsembleModelConfig:
-    """What ``config.json`` of a saved bootstrap quantile ensemble holds."""
+class QuantileEnsembleModelConfig(BackboneFields):
+    """What ``config.json`` of a saved bootstrap quantile ensemble holds (the backbone's
+    fields: :class:`BackboneFields`)."""
 
-    backbone: str
-    feature_dim: int
     attributes: list[str]
     levels: list[float]
     n_members: int
     weights: list[float] | None = None  # fixed attribute weights (normalised when scoring); None: uniform
     mix: str = "quantile_average"  # how a member mixes its attributes (members are always mixed by probability)
     model_type: str = MODEL_TYPE
-    backbone_identity: str | None = None
-    backbone_max_length: int = 512
-    backbone_dtype: str | None = None  # None: the device default (fp32 on CPU, bf16 on GPU)
-    backbone_revision: str | None = None  # commit hash of a Hub backbone
     training: dict[str, Any] = field(default_factory=dict)  # provenance: hyperparameters, data sizes
     distrm_version: str = __version__
 

@@ -38,9 +38,10 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Sequence, Union
+from typing import Annotated, Any, Callable, Literal, Sequence, TypeVar, Union
 
 import torch
 from fastapi import Depends, FastAPI, Request
@@ -51,10 +52,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from distrm import __version__
 from distrm.distribution import RewardDistribution
+from distrm.risk import ALIASES as RISK_ALIASES
 from distrm.risk import RISK_MEASURES, parse_risk
+from distrm.risk import describe as risk_vocabulary
 from distrm.models.base import RewardModel, ScoreOutput
 from distrm.serve.batching import DynamicBatcher, ItemFailed, Overloaded
 from distrm.serve.config import ServeConfig
@@ -64,6 +69,26 @@ from distrm.serve.templates import PolicyTemplate, RecoverError, Recoverer, dete
 log = logging.getLogger("distrm.serve")
 
 MAX_RISK_SPEC_CHARS = 200
+DISCONNECT_POLL_S = 0.1  # how often a waiting request checks that its client is still there
+
+# the risk grammar as a regular expression, for the OpenAPI document: per measure, its
+# parameter with the range distrm.risk enforces (plain decimals), so a string matching it is accepted
+_UNIT_OPEN = r"(0?\.[0-9]*[1-9][0-9]*|0*1(\.0*)?)"  # (0, 1]
+_UNIT = r"(0*\.[0-9]+|0+\.?|0*1(\.0*)?)"  # [0, 1]
+_LAM = r"-?(0*700(\.0*)?|0*[1-6][0-9]{2}(\.[0-9]*)?|0*[1-9][0-9]?(\.[0-9]*)?|0*\.[0-9]*[1-9][0-9]*)"  # != 0, |lam| <= 700
+_REAL = r"-?[0-9]{1,30}(\.[0-9]{0,30})?"
+RISK_PATTERN = (
+    rf"^(mean|expectation|(exp_utility|exp|certainty_equivalent|ce):lam={_LAM}|cvar(:alpha={_UNIT_OPEN})?"
+    rf"|(quantile|lower_quantile):tau={_UNIT}|mean_minus_std(:c={_REAL})?|mean_minus_variance(:beta={_REAL})?)$"
+)
+RISK_GRAMMAR = (
+    "a risk measure: 'name' or 'name:key=value[,key=value]'. Measures (parameters, ranges): "
+    + risk_vocabulary()
+    + ". Aliases: " + ", ".join(f"{a} = {n}" for a, n in RISK_ALIASES.items())
+    + f". At most {MAX_RISK_SPEC_CHARS} characters; an unknown measure or parameter, a missing required "
+    "parameter or a value out of range is a 422."
+)
+_RISK_DOC: dict[str, Any] = {"description": RISK_GRAMMAR, "json_schema_extra": {"pattern": RISK_PATTERN, "maxLength": MAX_RISK_SPEC_CHARS}}
 
 
 # ---------------------------------------------------------------------- schemas
@@ -96,7 +121,9 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     items: list[Union[PairItem, ChatItem]] = Field(description="pairs to score, at most max_items")
-    risks: list[str] = Field(default_factory=list, description='risk measures, e.g. ["cvar:alpha=0.1", "exp_utility:lam=2"]')
+    risks: list[Annotated[str, Field(**_RISK_DOC)]] = Field(
+        default_factory=list, description='risk measures, e.g. ["cvar:alpha=0.1", "exp_utility:lam=2"]; at most max_risks'
+    )
     strict: bool = Field(False, description="fail the whole request (4xx) if any item is invalid, instead of per-item errors")
     mix: Literal["quantile_average", "probability"] | None = Field(
         None,
@@ -135,7 +162,7 @@ class RewardRequest(BaseModel):
     query: list[Any]
     prompts: list[Any] | None = None
     labels: list[Any] | None = None
-    risk: str | None = Field(None, description="risk measure for 'rewards' (default: the server's --reward-risk)")
+    risk: Annotated[str, Field(**_RISK_DOC)] | None = Field(None, description="risk measure for 'rewards' (default: the server's --reward-risk)")
     strict: bool = False
 
 
@@ -157,7 +184,10 @@ class ItemResult(BaseModel):
     levels: list[float] | None = Field(None, description="quantile levels; null for ensemble / point heads")
     mix: str | None = None
     attributes: dict[str, AttributeScore] | None = None
-    risk: dict[str, float | None] | None = Field(None, description="requested risk measures (null if not finite)")
+    risk: dict[str, float] | None = Field(
+        None, description="requested risk measures; an item whose reward, distribution or risk values are not finite "
+        "is an item error (422), never a null"
+    )
     truncated: bool = False
     error: ItemError | None = None
 
@@ -194,7 +224,9 @@ class ClassifyRequest(BaseModel):
     use_activation: bool | None = Field(
         None, description="sigmoid of the reward when true or absent (vLLM's default); the raw reward when false (verl sends false)"
     )
-    risk: str | None = Field(None, description="distrm extension: risk measure for 'probs' (default: the server's --reward-risk)")
+    risk: Annotated[str, Field(**_RISK_DOC)] | None = Field(
+        None, description="distrm extension: risk measure for 'probs' (default: the server's --reward-risk)"
+    )
 
 
 class ClassifyResponse(BaseModel):
@@ -215,6 +247,12 @@ class ErrorResponse(BaseModel):
 
 Pair = tuple[Any, str]  # (prompt: str | list[message dicts], response)
 Row = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # attribute values [M, K], weights [M], reward values [K]
+_Body = TypeVar("_Body", bound=BaseModel)
+_Item = TypeVar("_Item")
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited: its work is dropped, nobody to answer."""
 
 
 class BadRequest(Exception):
@@ -343,14 +381,58 @@ class RewardService:
         r, tr = self._text(response, f"{where}.response", "head")
         return (p, r), tp or tr
 
-    # -- scoring
-    async def run(self, pairs: list[Pair]) -> list[Row | ItemFailed]:
+    def recover_item(self, text: str, prompt: str | None, index: int, where: str) -> tuple[Pair, bool, bool]:
+        """A policy-templated text (/get_reward's query, /classify's input) -> ((prompt,
+        response), prompt cut, text cut): the conversation recovered from its template, then
+        checked like a /score item; raises BadRequest (``where`` names the item)."""
         try:
-            return await asyncio.wait_for(self.batcher.submit(pairs), self.limits.request_timeout_s)
+            rec = self.recoverer.recover(text, prompt)
+        except RecoverError as e:
+            raise BadRequest(e.status, f"{where}: {e.detail}") from None
+        pair, trunc = self.parse_item({"prompt": rec.prompt, "response": rec.response}, index)
+        return pair, rec.prompt_truncated, trunc
+
+    def reward_spec(self, risk: Any) -> tuple[str, str, dict[str, Any]]:
+        """(spec, name, params) of a request's reward risk measure (None: the server's)."""
+        spec = self.check_risk(risk) if risk is not None else self.reward_risk
+        return (spec, *parse_risk(spec))
+
+    # -- scoring
+    async def run(self, pairs: list[Pair], request: Request | None = None) -> list[Row | ItemFailed]:
+        """The batcher's results for ``pairs``; 503 on overload or timeout. While waiting, the
+        client is checked every ``DISCONNECT_POLL_S``: if it is gone, its queued items leave
+        the batcher (items already in a running batch finish) and :class:`ClientGone` is raised."""
+        if request is not None and await request.is_disconnected():
+            raise ClientGone("before scoring")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.request_timeout_s
+        task = asyncio.ensure_future(self.batcher.submit(pairs))
+        try:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise BadRequest(503, f"timed out after {self.limits.request_timeout_s:g} s waiting for the model; retry later")
+                done, _ = await asyncio.wait({task}, timeout=min(DISCONNECT_POLL_S, left) if request is not None else left)
+                if done:
+                    return task.result()
+                if request is not None and await request.is_disconnected():
+                    raise ClientGone(f"while {len(pairs)} items waited for the model")
         except Overloaded as e:
             raise BadRequest(503, f"server busy: {e}; retry later") from None
-        except asyncio.TimeoutError:
-            raise BadRequest(503, f"timed out after {self.limits.request_timeout_s:g} s waiting for the model; retry later") from None
+        finally:
+            if not task.done():
+                task.cancel()  # submit() drops the job's queued items
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def run_items(self, pairs: list[Pair], slots: list[int], request: Request | None = None
+                        ) -> tuple[list[tuple[int, Row]], list[dict[str, Any]]]:
+        """Score the parsed items (``slots``: their request indices): (index, row) of those
+        scored, and an error (``{index, status, detail}``) for each whose scoring failed."""
+        rows = await self.run(pairs, request)
+        good = [(s, r) for s, r in zip(slots, rows) if not isinstance(r, ItemFailed)]
+        failed = [{"index": s, "status": 422, "detail": f"could not score: {r}"} for s, r in zip(slots, rows) if isinstance(r, ItemFailed)]
+        return good, failed
 
     def assemble(self, rows: Sequence[Row], mix: str | None) -> ScoreOutput:
         """Stack per-item rows back into a :class:`ScoreOutput` (the same object
@@ -442,6 +524,73 @@ async def _json_body(request: Request) -> Any:
         raise BadRequest(400, f"request body is not valid JSON: {e}") from None
 
 
+async def _parse_body(request: Request, model: type[_Body], fields: str) -> _Body:
+    """The request's JSON body validated as ``model`` (``fields`` names what it must hold):
+    400 for a body that is not JSON, 422 for one of the wrong shape."""
+    raw = await _json_body(request)
+    if not isinstance(raw, dict):
+        raise BadRequest(422, f"body must be a JSON object with {fields}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise BadRequest(422, _validation_detail(e)) from None
+
+
+def _parse_items(n: int, parse: Callable[[int], _Item], stop: threading.Event | None = None
+                 ) -> tuple[list[int], list[_Item], list[dict[str, Any]]]:
+    """``parse(i)`` for each of ``n`` items, one failing item not costing the others:
+    (indices parsed, what they parsed to, an error ``{index, status, detail}`` per failure).
+    Stops early (the result is then discarded) once ``stop`` is set."""
+    slots: list[int] = []
+    parsed: list[_Item] = []
+    errors: list[dict[str, Any]] = []
+    for i in range(n):
+        if stop is not None and stop.is_set():
+            break
+        try:
+            parsed.append(parse(i))
+        except BadRequest as e:
+            errors.append({"index": i, "status": e.status, "detail": e.detail})
+            continue
+        slots.append(i)
+    return slots, parsed, errors
+
+
+async def _parse_off_loop(request: Request, n: int, parse: Callable[[int], _Item]
+                          ) -> tuple[list[int], list[_Item], list[dict[str, Any]]]:
+    """:func:`_parse_items` in a worker thread (text work never runs on the event loop),
+    stopped between items when the client disconnects (then :class:`ClientGone`)."""
+    stop = threading.Event()
+    task = asyncio.ensure_future(asyncio.to_thread(_parse_items, n, parse, stop))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone(f"while its {n} texts were parsed")
+    finally:
+        stop.set()
+
+
+def _nonfinite(x: Any, path: str = "") -> list[str]:
+    """Paths of the non-finite floats in a JSON-ready value."""
+    if isinstance(x, float):
+        return [] if math.isfinite(x) else [path or "value"]
+    if isinstance(x, dict):
+        return [p for k, v in x.items() for p in _nonfinite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(x, list):
+        bad = [p for v in x for p in _nonfinite(v, f"{path}[]")]
+        return bad[:1]
+    return []
+
+
+def _refuse_if_strict(errors: list[dict[str, Any]], strict: bool) -> None:
+    """A strict request with any bad item fails whole: 413 when every error is a size limit."""
+    if errors and strict:
+        raise BadRequest(413 if all(e["status"] == 413 for e in errors) else 422, errors)
+
+
 def _error(status: int, detail: Any) -> JSONResponse:
     headers = {"Retry-After": "1"} if status == 503 else ({"WWW-Authenticate": "Bearer"} if status == 401 else None)
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
@@ -469,7 +618,7 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes, timeout_s=config.limits.body_timeout_s)
     bearer = HTTPBearer(auto_error=False, description="set when the server was started with --token / DISTRM_SERVE_TOKEN")
 
     async def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -483,6 +632,15 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
     async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
         return _error(exc.status, exc.detail)
 
+    @app.exception_handler(ClientGone)
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: Exception) -> Response:
+        """One log line, no traceback: a client that hangs up is routine (a trainer restarting)."""
+        client = f"{request.client.host}:{request.client.port}" if request.client else "client"
+        log.info("%s disconnected from %s %s %s; its queued work was dropped", client, request.method, request.url.path,
+                 str(exc) or "while sending the body")
+        return Response(status_code=499)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errs = [
@@ -493,6 +651,14 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
     err_responses: dict[int | str, dict[str, Any]] = {
         s: {"model": ErrorResponse} for s in (400, 401, 413, 422, 503)
     }
+
+    def post(path: str, summary: str, response: type[BaseModel], request: type[BaseModel]) -> Callable[[Any], Any]:
+        """A POST route whose handler parses its own body (see the module docstring), documented
+        as taking ``request`` and answering ``response`` or an error."""
+        body_schema = {"schema": {"$ref": f"#/components/schemas/{request.__name__}"}}
+        return app.post(path, summary=summary, dependencies=[Depends(auth)], response_model=None,
+                        responses={200: {"model": response}, **err_responses},
+                        openapi_extra={"requestBody": {"required": True, "content": {"application/json": body_schema}}})
 
     @app.get("/health", summary="liveness and queue state (no auth)")
     async def health() -> dict[str, Any]:
@@ -510,22 +676,9 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
     async def metadata() -> dict[str, Any]:
         return service.metadata()
 
-    @app.post(
-        "/score",
-        summary="score prompt/response pairs or conversations: full reward distributions",
-        dependencies=[Depends(auth)],
-        response_model=None,
-        responses={200: {"model": ScoreResponse}, **err_responses},
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}}}},
-    )
+    @post("/score", "score prompt/response pairs or conversations: full reward distributions", ScoreResponse, ScoreRequest)
     async def score(request: Request) -> JSONResponse:
-        raw = await _json_body(request)
-        if not isinstance(raw, dict):
-            raise BadRequest(422, "body must be a JSON object with 'items'")
-        try:
-            env = _ScoreEnvelope.model_validate(raw)
-        except ValidationError as e:
-            raise BadRequest(422, _validation_detail(e)) from None
+        env = await _parse_body(request, _ScoreEnvelope, "'items'")
         lim = config.limits
         if len(env.items) > lim.max_items:
             raise BadRequest(413, f"{len(env.items)} items; the limit is {lim.max_items} per request")
@@ -535,109 +688,65 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
         if env.mix is not None and service.kind != "quantile":
             raise BadRequest(422, "'mix' applies to quantile heads only; this model has point/ensemble heads")
 
-        pairs: list[Pair] = []
-        slots: list[int] = []  # result index of each scored pair
         results: list[dict[str, Any]] = [{"index": i} for i in range(len(env.items))]
-        truncated: dict[int, bool] = {}
-        errors: list[tuple[int, BadRequest]] = []
-        for i, it in enumerate(env.items):
-            try:
-                pair, trunc = service.parse_item(it, i)
-            except BadRequest as e:
-                errors.append((i, e))
-                continue
-            pairs.append(pair)
-            slots.append(i)
-            truncated[i] = trunc
-        if errors and env.strict:
-            status = 413 if all(e.status == 413 for _, e in errors) else 422
-            raise BadRequest(status, [{"index": i, "status": e.status, "detail": e.detail} for i, e in errors])
-        for i, e in errors:
-            results[i]["error"] = {"status": e.status, "detail": e.detail}
-
-        rows = await service.run(pairs)
-        ok = [(slot, row) for slot, row in zip(slots, rows) if not isinstance(row, ItemFailed)]
-        failed = [(slot, row) for slot, row in zip(slots, rows) if isinstance(row, ItemFailed)]
+        slots, parsed, errors = _parse_items(len(env.items), lambda i: service.parse_item(env.items[i], i))
+        _refuse_if_strict(errors, env.strict)
+        ok, failed = await service.run_items([pair for pair, _ in parsed], slots, request)
         if failed and env.strict:
-            raise BadRequest(422, [{"index": s, "status": 422, "detail": f"could not score: {r}"} for s, r in failed])
-        for slot, row in failed:
-            results[slot]["error"] = {"status": 422, "detail": f"could not score: {row}"}
+            raise BadRequest(422, failed)
         if ok:
+            truncated = {slot: trunc for slot, (_, trunc) in zip(slots, parsed)}
             out = service.assemble([r for _, r in ok], env.mix)
             mix_name = env.mix or model.default_mix if service.kind == "quantile" else None
             for (slot, _), d in zip(ok, out.to_dict(risks)):
+                bad = _nonfinite(d)
+                if bad:  # an item error like /get_reward's, never a silent null
+                    failed.append({"index": slot, "status": 422, "detail": "non-finite reward: " + ", ".join(bad[:8])})
+                    continue
                 if not env.include_attributes:
-                    d.pop("attributes")
+                    d.pop("attributes", None)
                 d["mix"] = mix_name
                 d["truncated"] = truncated[slot]
-                results[slot].update(_finite(d))
+                results[slot].update(d)
+            if failed and env.strict:
+                raise BadRequest(422, sorted(failed, key=lambda e: e["index"]))
+        for e in errors + failed:
+            results[e["index"]]["error"] = {"status": e["status"], "detail": e["detail"]}
         n_err = sum(1 for r in results if "error" in r)
         return JSONResponse({"results": results, "n_ok": len(results) - n_err, "n_errors": n_err})
 
-    @app.post(
-        "/get_reward",
-        summary="OpenRLHF remote reward model: query = prompt + response",
-        dependencies=[Depends(auth)],
-        response_model=None,
-        responses={200: {"model": RewardResponse}, **err_responses},
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RewardRequest"}}}}},
-    )
+    @post("/get_reward", "OpenRLHF remote reward model: query = prompt + response", RewardResponse, RewardRequest)
     async def get_reward(request: Request) -> JSONResponse:
-        raw = await _json_body(request)
-        if not isinstance(raw, dict):
-            raise BadRequest(422, "body must be a JSON object with 'query'")
-        try:
-            req = RewardRequest.model_validate(raw)
-        except ValidationError as e:
-            raise BadRequest(422, _validation_detail(e)) from None
+        req = await _parse_body(request, RewardRequest, "'query'")
         lim = config.limits
         n = len(req.query)
         if n > lim.max_items:
             raise BadRequest(413, f"{n} queries; the limit is {lim.max_items} per request")
         if req.prompts is not None and len(req.prompts) != n:
             raise BadRequest(422, f"{len(req.prompts)} prompts for {n} queries")
-        spec = service.check_risk(req.risk) if req.risk is not None else service.reward_risk
-        name, params = parse_risk(spec)
+        spec, name, params = service.reward_spec(req.risk)
 
-        pairs: list[Pair] = []
-        slots: list[int] = []
-        errors: list[dict[str, Any]] = []
+        def parse(i: int) -> tuple[Pair, bool, bool]:
+            """Recover (messages, response) of one query: linear text work, off the event loop."""
+            q = req.query[i]
+            if not isinstance(q, str):
+                raise BadRequest(422, f"query[{i}] must be a string, got {type(q).__name__}")
+            p = None
+            if req.prompts is not None:
+                p = req.prompts[i]
+                if not isinstance(p, str):
+                    raise BadRequest(422, f"prompts[{i}] must be a string, got {type(p).__name__}")
+            return service.recover_item(q, p, i, f"query[{i}]")
+
+        slots, parsed, errors = await _parse_off_loop(request, n, parse)
+        _refuse_if_strict(errors, req.strict)
         prompt_cut = [0.0] * n  # the prompt was cut (by OpenRLHF, or to the limits)
         text_cut = [0.0] * n  # a text was truncated to max_text_chars
+        for s, (_, p_cut, t_cut) in zip(slots, parsed):
+            prompt_cut[s], text_cut[s] = float(p_cut), float(t_cut)
 
-        def prepare() -> None:
-            """Recover (messages, response) per item: linear text work, off the event loop."""
-            for i, q in enumerate(req.query):
-                try:
-                    if not isinstance(q, str):
-                        raise BadRequest(422, f"query[{i}] must be a string, got {type(q).__name__}")
-                    p = None
-                    if req.prompts is not None:
-                        p = req.prompts[i]
-                        if not isinstance(p, str):
-                            raise BadRequest(422, f"prompts[{i}] must be a string, got {type(p).__name__}")
-                    try:
-                        rec = service.recoverer.recover(q, p)
-                    except RecoverError as e:
-                        raise BadRequest(e.status, f"query[{i}]: {e.detail}") from None
-                    (pp, rr), trunc = service.parse_item({"prompt": rec.prompt, "response": rec.response}, i)
-                except BadRequest as e:
-                    errors.append({"index": i, "status": e.status, "detail": e.detail})
-                    continue
-                pairs.append((pp, rr))
-                slots.append(i)
-                prompt_cut[i] = float(rec.prompt_truncated)
-                text_cut[i] = float(trunc)
-
-        await asyncio.to_thread(prepare)
-        if errors and req.strict:
-            raise BadRequest(413 if all(e["status"] == 413 for e in errors) else 422, errors)
-
-        rows = await service.run(pairs)
-        good = [(s, r) for s, r in zip(slots, rows) if not isinstance(r, ItemFailed)]
-        for s, r in zip(slots, rows):
-            if isinstance(r, ItemFailed):
-                errors.append({"index": s, "status": 422, "detail": f"could not score: {r}"})
+        good, unscored = await service.run_items([pair for pair, _, _ in parsed], slots, request)
+        errors += unscored
         if errors and req.strict:
             raise BadRequest(422, errors)
         fill = float(config.error_reward)
@@ -674,55 +783,28 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
         }
         return JSONResponse(body)
 
-    @app.post(
-        "/classify",
-        summary="vLLM classification API (verl's discriminative reward model path): input = templated conversation",
-        dependencies=[Depends(auth)],
-        response_model=None,
-        responses={200: {"model": ClassifyResponse}, **err_responses},
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyRequest"}}}}},
-    )
+    @post("/classify", "vLLM classification API (verl's discriminative reward model path): input = templated conversation",
+          ClassifyResponse, ClassifyRequest)
     async def classify(request: Request) -> JSONResponse:
-        raw = await _json_body(request)
-        if not isinstance(raw, dict):
-            raise BadRequest(422, "body must be a JSON object with 'input'")
-        try:
-            req = ClassifyRequest.model_validate(raw)
-        except ValidationError as e:
-            raise BadRequest(422, _validation_detail(e)) from None
+        req = await _parse_body(request, ClassifyRequest, "'input'")
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         n = len(texts)
         if n == 0:
             raise BadRequest(422, "'input' is empty")
         if n > config.limits.max_items:
             raise BadRequest(413, f"{n} inputs; the limit is {config.limits.max_items} per request")
-        spec = service.check_risk(req.risk) if req.risk is not None else service.reward_risk
-        name, params = parse_risk(spec)
-        pairs: list[Pair] = []
-        slots: list[int] = []
-        errors: list[dict[str, Any]] = []
-        prompt_cut = [0.0] * n
+        spec, name, params = service.reward_spec(req.risk)
 
-        def prepare() -> None:
+        def parse(i: int) -> tuple[Pair, bool, bool]:
             """The conversation back from its template (as for /get_reward without prompts)."""
-            for i, text in enumerate(texts):
-                try:
-                    try:
-                        rec = service.recoverer.recover(_restore_first_header(text, service.recoverer), None)
-                    except RecoverError as e:
-                        raise BadRequest(e.status, f"input[{i}]: {e.detail}") from None
-                    (pp, rr), trunc = service.parse_item({"prompt": rec.prompt, "response": rec.response}, i)
-                except BadRequest as e:
-                    errors.append({"index": i, "status": e.status, "detail": e.detail})
-                    continue
-                pairs.append((pp, rr))
-                slots.append(i)
-                prompt_cut[i] = float(rec.prompt_truncated or trunc)
+            return service.recover_item(_restore_first_header(texts[i], service.recoverer), None, i, f"input[{i}]")
 
-        await asyncio.to_thread(prepare)
-        rows = await service.run(pairs)
-        good = [(s, r) for s, r in zip(slots, rows) if not isinstance(r, ItemFailed)]
-        errors += [{"index": s, "status": 422, "detail": f"could not score: {r}"} for s, r in zip(slots, rows) if isinstance(r, ItemFailed)]
+        slots, parsed, errors = await _parse_off_loop(request, n, parse)
+        prompt_cut = [0.0] * n
+        for s, (_, p_cut, t_cut) in zip(slots, parsed):
+            prompt_cut[s] = float(p_cut or t_cut)
+        good, unscored = await service.run_items([pair for pair, _, _ in parsed], slots, request)
+        errors += unscored
         values = [float(config.error_reward)] * n  # never null: verl makes a tensor of these
         if good:
             rv = service.assemble([r for _, r in good], None).reward.risk(name, **params).tolist()
@@ -753,6 +835,20 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
             ref_template="#/components/schemas/{model}",
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        comps = schema["components"]["schemas"]
+        comps["ScoreRequest"]["properties"]["risks"]["maxItems"] = config.limits.max_risks
+        comps["ScoreRequest"]["properties"]["items"]["maxItems"] = config.limits.max_items
+        for branch in comps["ClassifyRequest"]["properties"]["input"].get("anyOf", []):
+            if branch.get("type") == "array":
+                branch["minItems"] = 1
+        if config.token is None:
+            # no token, no auth: the document must not ask clients for one, nor promise a 401
+            schema["components"].pop("securitySchemes", None)
+            for ops in schema.get("paths", {}).values():
+                for op in ops.values():
+                    if isinstance(op, dict):
+                        op.pop("security", None)
+                        op.get("responses", {}).pop("401", None)
         app.openapi_schema = schema
         return schema
 

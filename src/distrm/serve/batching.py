@@ -93,6 +93,7 @@ class DynamicBatcher(Generic[I, R]):
         self.items_scored = 0
         self.largest_batch = 0
         self.item_failures = 0
+        self.items_dropped = 0  # queued items removed because their request was abandoned
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float | None = None) -> None:
@@ -141,8 +142,20 @@ class DynamicBatcher(Generic[I, R]):
         try:
             return await job.future
         except asyncio.CancelledError:
-            job.cancelled = True
+            self.drop(job)
             raise
+
+    def drop(self, job: _Job) -> int:
+        """Remove ``job``'s still-queued items (its client is gone or timed out); items already
+        in a running batch finish. Returns how many were removed."""
+        job.cancelled = True
+        with self._cv:
+            before = len(self._pending)
+            if before:
+                self._pending = deque(e for e in self._pending if e[0] is not job)
+            n = before - len(self._pending)
+        self.items_dropped += n
+        return n
 
     # ------------------------------------------------------------------ worker side
     def _take(self, batch: list[tuple[_Job, int, I]]) -> None:
@@ -190,7 +203,10 @@ class DynamicBatcher(Generic[I, R]):
         except Exception as e:  # isolate the culprit: re-run one by one
             log.warning("batch of %d failed (%s: %s); scoring its items one by one", len(items), type(e).__name__, e)
             results = []
-            for it in items:
+            for (job, _, it) in batch:
+                if job.cancelled:  # nobody waits for it: do not spend the model on it again
+                    results.append(ItemFailed("dropped: the request was abandoned"))
+                    continue
                 try:
                     results.append(list(self.fn([it]))[0])
                 except Exception as e1:

@@ -24,7 +24,7 @@ import asyncio
 import random
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import httpx
 
@@ -112,20 +112,15 @@ class RewardClient:
 
     # ------------------------------------------------------------------ HTTP
     def _request(self, method: str, path: str, json: Any = None) -> Any:
-        last: str = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self._backoff(attempt))
+        attempts = _Attempts(self, method, path)
+        for delay in attempts:
+            if delay:
+                time.sleep(delay)
             try:
-                r = self.http.request(method, path, json=json)
+                attempts.settle(self.http.request(method, path, json=json))
             except httpx.TransportError as e:  # connection refused/reset, timeouts
-                last = f"{type(e).__name__}: {e}"
-                continue
-            if r.status_code in RETRY_STATUS:
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
-                continue
-            return _result(r, method, path)
-        raise RewardClientError(f"{method} {path}: failed after {self.retries + 1} attempts; last: {last}")
+                attempts.settle(e)
+        return attempts.result()
 
     def _backoff(self, attempt: int) -> float:
         return self.backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
@@ -227,20 +222,15 @@ class AsyncRewardClient(RewardClient):
         await self.aclose()
 
     async def _arequest(self, method: str, path: str, json: Any = None) -> Any:
-        last: str = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self._backoff(attempt))
+        attempts = _Attempts(self, method, path)
+        for delay in attempts:
+            if delay:
+                await asyncio.sleep(delay)
             try:
-                r = await self._async_http().request(method, path, json=json)
+                attempts.settle(await self._async_http().request(method, path, json=json))
             except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
-                continue
-            if r.status_code in RETRY_STATUS:
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
-                continue
-            return _result(r, method, path)
-        raise RewardClientError(f"{method} {path}: failed after {self.retries + 1} attempts; last: {last}")
+                attempts.settle(e)
+        return attempts.result()
 
     async def ahealth(self) -> dict[str, Any]:
         return await self._arequest("GET", "/health")
@@ -270,6 +260,39 @@ class AsyncRewardClient(RewardClient):
             return [None] * len(cs)
         res = await self.ascore([ps[i] for i in keep], [cs[i] for i in keep], risks=[self.risk])
         return self._rewards(len(cs), keep, res)
+
+
+class _Attempts:
+    """One request's retry policy, the same for both clients (they differ only in how they
+    wait and send): iterating gives the delay before each attempt (0 before the first) and
+    stops after the first final response; ``settle`` takes each attempt's response or
+    transport error (connection errors, 429 and 5xx are retried, nothing else); ``result``
+    is the final response's JSON, or RewardClientError for a 4xx/5xx or when every attempt
+    failed."""
+
+    def __init__(self, client: RewardClient, method: str, path: str) -> None:
+        self.client, self.method, self.path = client, method, path
+        self.last = ""
+        self.final: httpx.Response | None = None
+
+    def __iter__(self) -> Iterator[float]:
+        for attempt in range(self.client.retries + 1):
+            if self.final is not None:
+                return
+            yield self.client._backoff(attempt) if attempt else 0.0
+
+    def settle(self, outcome: httpx.Response | httpx.TransportError) -> None:
+        if isinstance(outcome, httpx.TransportError):
+            self.last = f"{type(outcome).__name__}: {outcome}"
+        elif outcome.status_code in RETRY_STATUS:
+            self.last = f"HTTP {outcome.status_code}: {outcome.text[:300]}"
+        else:
+            self.final = outcome
+
+    def result(self) -> Any:
+        if self.final is None:
+            raise RewardClientError(f"{self.method} {self.path}: failed after {self.client.retries + 1} attempts; last: {self.last}")
+        return _result(self.final, self.method, self.path)
 
 
 def _trl_pairs(who: str, prompts: Sequence[Any] | None, completions: Sequence[Any] | None) -> tuple[list[Any], list[str | None], list[int]]:

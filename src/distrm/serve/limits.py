@@ -7,7 +7,9 @@ sees the body after it was read whole, which is exactly what a size limit must p
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal
 
@@ -43,6 +45,11 @@ class Limits:
             requests get 503 with Retry-After instead of growing the queue without bound.
             At least ``max_items`` (a request of the largest size must fit); the default
             also holds the one-rollout requests of a whole OpenRLHF 0.9+ rollout in flight.
+        body_timeout_s: the whole request body must arrive within this many seconds of the
+            handler starting to read it, else 408 and the connection is closed (a slow or
+            stalled upload cannot hold a connection and a handler open).
+        idle_timeout_s: a keep-alive connection with no request in flight is closed after
+            this long (uvicorn's ``timeout_keep_alive``).
     """
 
     max_body_bytes: int = 128 * 1024 * 1024
@@ -53,6 +60,8 @@ class Limits:
     max_risks: int = 16
     request_timeout_s: float = field(default=60.0, metadata={"flag": "--timeout"})
     max_queue_items: int = 16384
+    body_timeout_s: float = field(default=30.0, metadata={"flag": "--body-timeout"})
+    idle_timeout_s: float = field(default=5.0, metadata={"flag": "--idle-timeout"})
 
     def __post_init__(self) -> None:
         if self.on_too_long not in ("truncate", "reject"):
@@ -60,8 +69,10 @@ class Limits:
         for name in ("max_body_bytes", "max_items", "max_text_chars", "max_messages", "max_risks", "max_queue_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if not self.request_timeout_s > 0:
-            raise ValueError("request_timeout_s must be > 0")
+        for name in ("request_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
         if self.max_queue_items < self.max_items:
             raise ValueError(f"max_queue_items ({self.max_queue_items}) must be >= max_items ({self.max_items}): "
                              "a request of max_items could never be queued")
@@ -71,14 +82,18 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: 413 for bodies over ``max_bytes``.
+    """Pure ASGI middleware: 413 for bodies over ``max_bytes``, 408 for bodies that do not
+    arrive within ``timeout_s``.
 
     Checks Content-Length up front, and counts the bytes of chunked / lying bodies as they
-    stream in, so an oversized body is never buffered whole."""
+    stream in, so an oversized body is never buffered whole. The read timeout runs from the
+    first read of the body to its last chunk; once the body is complete, ``receive`` is
+    passed through untouched (it then only reports a disconnect)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
         if scope["type"] != "http":
@@ -95,11 +110,25 @@ class BodySizeLimit:
                     await _send_json(send, 413, {"detail": f"request body of {n} bytes exceeds the limit of {self.max_bytes}"})
                     return
         seen = 0
+        body_done = False
+        deadline: float | None = None
 
         async def counting_receive() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done, deadline
+            if body_done or self.timeout_s is None:
+                message = await receive()
+            else:
+                if deadline is None:
+                    deadline = time.monotonic() + self.timeout_s
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    body_done = True
+                    raise HTTPException(408, f"request body not received within {self.timeout_s:g} s",
+                                        headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
+                if not message.get("more_body", False):
+                    body_done = True
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     # raised inside the route's body read: Starlette's exception layer turns

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,13 +24,10 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
     from distrm.features.backbones import Backbone
     from distrm.features import extract
     from distrm.heads.ensemble import BTEnsembleHeads
-    from distrm.training.qrm import load_training_data
+    from distrm.training.qrm import load_training_data, start_run
 
     ec = cfg.ensemble
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log: dict[str, Any] = {"config": dataclasses.asdict(cfg), "timings_s": {}}
+    out, log = start_run(cfg)
     t0 = time.perf_counter()
     _, pairs, reports = load_training_data(cfg)
     if not pairs:
@@ -70,7 +66,11 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
         seed=ec.seed if ec.seed is not None else cfg.seed,
         optimizer=ec.optimizer,
         init=ec.init,
-    ).fit(Xc, Xr)
+        anchored=ec.anchored,
+        prior_scale=ec.prior_scale,
+        prior_std=ec.prior_std,
+        collapse_corr=ec.collapse_corr,
+    ).fit(Xc, Xr)  # logs a warning if the members collapse
     log["timings_s"]["heads"] = time.perf_counter() - t0
     model = EnsembleRewardModel.from_heads(
         heads,
@@ -85,6 +85,14 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
     log["member_train_accuracy"] = heads.train_accuracy_.tolist()
     log["final_member_loss"] = heads.member_losses(Xc, Xr).tolist()
     log["diversity"] = member_diversity(model.member_rewards(Xc))
+    log["member_correlation"] = heads.member_correlation_  # mean pairwise, chosen + rejected training features
+    log["member_disagreement"] = heads.member_disagreement_  # member variance / variance of the mean reward
+    log["prior_std"] = heads.prior_std_
+    logger.info(
+        "ensemble diversity: mean pairwise member correlation %.4f (collapse above %.2f), member variance / "
+        "reward variance %.3g (bootstrap=%s, anchored=%s, prior_scale=%g)", heads.member_correlation_,
+        ec.collapse_corr, heads.member_disagreement_, ec.bootstrap, ec.anchored, ec.prior_scale,
+    )
     acc = float((model.score_features(Xc).mean > model.score_features(Xr).mean).double().mean())
     log["train_pair_accuracy"] = acc
     logger.info("train pair accuracy (ensemble mean): %.3f; members %.3f..%.3f; member reward corr %.3f", acc,

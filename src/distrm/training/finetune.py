@@ -414,9 +414,33 @@ def save_backbone(out: Path, base_path: str, merged, tokenizer, info: dict[str, 
     digest = weights_digest(body_of(causal))
     causal.config.distrm_reward_tuned = {"weights_sha256_16": digest, **info}
     causal.to(torch.bfloat16 if save_dtype == "bfloat16" else torch.float32)
-    causal.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    # atomic per file: written whole into a hidden staging folder, then renamed into ``out``
+    # (config.json, which carries the weight hash, last), so a killed save never leaves a
+    # half-written weights file under its real name; a killed save's staging folder is removed
+    # by the next one (and ignored meanwhile: hidden, no weights at the top of ``out``)
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(f"{BACKBONE_STAGING}*"):
+        shutil.rmtree(old, ignore_errors=True)
+    stage = out / f"{BACKBONE_STAGING}{os.getpid()}"
+    stage.mkdir()
+    try:
+        causal.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
+        new = {f.name for f in stage.iterdir()}
+        for f in out.iterdir():  # weight shards of an earlier save that this one does not overwrite
+            if f.is_file() and f.name not in new and (f.suffix == ".safetensors" and f.name.startswith("model")
+                                                      or f.name == "model.safetensors.index.json"):
+                f.unlink()
+        for f in sorted(stage.iterdir(), key=lambda f: f.name == "config.json"):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return digest
+
+
+BACKBONE_STAGING = ".backbone-save-"
 
 
 def save_head(out: Path, weight: torch.Tensor, meta: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,6 +132,27 @@ def load_training_data(cfg: TrainConfig) -> tuple[list[RatedResponse], list[Pref
     return rated, pairs, {k: _report_dict(v) for k, v in reports.items()}
 
 
+def load_rated_training_data(cfg: TrainConfig, log: logging.Logger = logger) -> tuple[list[RatedResponse], list[PreferencePair], dict, dict[str, int]]:
+    """:func:`load_training_data`, less the attributes rated on fewer than
+    ``data.min_items_per_attribute`` distinct items (:func:`drop_thin_attributes`), with a
+    warning on ``log`` naming them: (rated, pairs, load reports, thin attribute -> items)."""
+    rated, pairs, reports = load_training_data(cfg)
+    rated, thin = drop_thin_attributes(rated, cfg.data.min_items_per_attribute)
+    if thin:
+        log.warning("data: left out %d attributes rated on < %d items: %s", len(thin), cfg.data.min_items_per_attribute,
+                    ", ".join(f"{a} ({n})" for a, n in thin.items()))
+    return rated, pairs, reports, thin
+
+
+def start_run(cfg: Any) -> tuple[Path, dict[str, Any]]:
+    """What every ``distrm train`` model type does first: seed torch, create the output folder,
+    and start the train log (the config and a ``timings_s`` section)."""
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, {"config": dataclasses.asdict(cfg), "timings_s": {}}
+
+
 def _report_dict(rep) -> dict:
     if isinstance(rep, dict):
         return rep
@@ -223,16 +245,9 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
     from distrm.features.backbones import Backbone
     from distrm.features import extract
 
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log: dict = {"config": dataclasses.asdict(cfg), "timings_s": {}}
+    out, log = start_run(cfg)
     t0 = time.perf_counter()
-    rated, pairs, reports = load_training_data(cfg)
-    rated, thin = drop_thin_attributes(rated, cfg.data.min_items_per_attribute)
-    if thin:
-        logger.warning("data: left out %d attributes rated on < %d items: %s", len(thin), cfg.data.min_items_per_attribute,
-                       ", ".join(f"{a} ({n})" for a, n in thin.items()))
+    rated, pairs, reports, thin = load_rated_training_data(cfg)
     log["data"] = {"rated_rows": len(rated), "pairs": len(pairs), "reports": reports, "thin_attributes_left_out": thin}
     if not rated:
         raise ValueError("no rated responses to train the attribute heads on")

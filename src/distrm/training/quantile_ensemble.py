@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -71,20 +70,13 @@ def train_quantile_ensemble(cfg: TrainConfig) -> QuantileEnsembleRewardModel:
     from distrm.features import extract
     from distrm.features.backbones import Backbone
     from distrm.heads.ensemble import BootstrapQuantileHeads
-    from distrm.training.qrm import build_targets, drop_thin_attributes, load_training_data, pair_report
+    from distrm.training.qrm import build_targets, load_rated_training_data, pair_report, start_run
 
     qc, hc = cfg.quantile_ensemble, cfg.heads
     seed = qc.seed if qc.seed is not None else cfg.seed
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log: dict[str, Any] = {"config": dataclasses.asdict(cfg), "timings_s": {}}
+    out, log = start_run(cfg)
     t0 = time.perf_counter()
-    rated, pairs, reports = load_training_data(cfg)
-    rated, thin = drop_thin_attributes(rated, cfg.data.min_items_per_attribute)
-    if thin:
-        logger.warning("data: left out %d attributes rated on < %d items: %s", len(thin), cfg.data.min_items_per_attribute,
-                       ", ".join(f"{a} ({n})" for a, n in thin.items()))
+    rated, pairs, reports, thin = load_rated_training_data(cfg, logger)
     if not rated:
         raise ValueError("a quantile ensemble needs rated responses (data.rated)")
     targets = build_targets(rated)
