@@ -96,11 +96,26 @@ def test_reward_is_the_members_mixture(heads, X_new):
                           atol=1e-9)
 
 
-def test_mixture_quantiles_match_the_bisection():
-    """The knot-based mixture quantiles are RewardDistribution.mix(method="probability")'s,
-    with ties, flat pieces, point masses and zero weights, in chunks or not."""
-    from distrm.distribution import RewardDistribution
-    from distrm.models.quantile_ensemble import mixture_quantiles
+def _bisection_mixture(comp, w, lv, iters=200):
+    """Reference: bisection on the exact mixture CDF (what ``mix`` computed before it read the
+    quantiles off the knots); 200 halvings reach float64 resolution."""
+    lo = comp.values.amin(dim=(-1, -2)).unsqueeze(-1).expand(-1, len(lv)).clone()
+    hi = comp.values.amax(dim=(-1, -2)).unsqueeze(-1).expand(-1, len(lv)).clone()
+    m = comp.values.shape[-2]
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        f = (w.unsqueeze(-1) * comp.cdf_at(mid.unsqueeze(-2).expand(-1, m, len(lv)))).sum(-2)
+        below = f < lv
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return hi
+
+
+@pytest.mark.parametrize("kind", ["quantile", "ensemble"])
+def test_probability_mixture_quantiles_match_a_bisection(kind):
+    """RewardDistribution.mix(method="probability") reads the mixture's quantiles off the
+    knots of its CDF: equal to a bisection on that CDF, with ties, flat pieces, point masses
+    and zero weights, in chunks or not, for quantile components and ensemble members."""
+    from distrm.distribution import RewardDistribution, _mixture_quantiles
 
     g = torch.Generator().manual_seed(1)
     v = torch.randn(50, 4, 7, generator=g, dtype=torch.float64).sort(-1).values
@@ -109,18 +124,19 @@ def test_mixture_quantiles_match_the_bisection():
     w = torch.rand(50, 4, generator=g, dtype=torch.float64)
     w[:, 3] = 0
     w = w / w.sum(-1, keepdim=True)
-    comp = RewardDistribution(values=v, levels=torch.linspace(0, 1, 9, dtype=torch.float64)[1:-1])
+    levels = torch.linspace(0, 1, 9, dtype=torch.float64)[1:-1] if kind == "quantile" else None
+    comp = RewardDistribution(values=v, levels=levels, kind=kind)
     lv = torch.linspace(0, 1, 41, dtype=torch.float64)[1:-1]
-    want = RewardDistribution.mix(comp, w, method="probability", levels=lv).values
-    assert torch.allclose(mixture_quantiles(comp, w, lv), want, rtol=0, atol=1e-12)
-    assert torch.allclose(mixture_quantiles(comp, w, lv, budget=1), want, rtol=0, atol=1e-12)  # one row at a time
+    want = _bisection_mixture(comp, w, lv)
+    assert torch.allclose(RewardDistribution.mix(comp, w, method="probability", levels=lv).values, want, rtol=0, atol=1e-12)
+    assert torch.allclose(_mixture_quantiles(comp, w, lv, budget=1), want, rtol=0, atol=1e-12)  # one row at a time
 
 
 def test_output_levels_resolve_the_tails(heads, X_new):
     """The B - 1 extra levels in each tail keep the members' disagreement that the heads'
     levels alone would flatten (the lower tail is what CVaR reads)."""
     from distrm.distribution import RewardDistribution
-    from distrm.models.quantile_ensemble import mixture_quantiles, output_levels
+    from distrm.models.quantile_ensemble import output_levels
 
     lv = output_levels([0.05, 0.5, 0.95], 4)
     assert torch.allclose(lv, torch.tensor([0.0125, 0.025, 0.0375, 0.05, 0.5, 0.95, 0.9625, 0.975, 0.9875], dtype=torch.float64))
@@ -130,7 +146,7 @@ def test_output_levels_resolve_the_tails(heads, X_new):
     eq = torch.full((40, 4), 0.25, dtype=torch.float64)
 
     def cvar_at(levels):
-        return RewardDistribution(values=mixture_quantiles(members, eq, levels), levels=levels).cvar(0.1)
+        return RewardDistribution.mix(members, eq, method="probability", levels=levels).cvar(0.1)
 
     exact = cvar_at(torch.linspace(0, 1, 2001, dtype=torch.float64)[1:-1])
     err_out = (m.score_features(X).reward.cvar(0.1) - exact).abs().max()

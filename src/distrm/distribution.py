@@ -233,7 +233,6 @@ class RewardDistribution:
         weights: torch.Tensor,
         method: MixMethod = "quantile_average",
         levels: torch.Tensor | None = None,
-        iters: int = 60,
     ) -> "RewardDistribution":
         """Combine M component distributions with weights ``[..., M]`` (rows sum to 1).
 
@@ -242,7 +241,8 @@ class RewardDistribution:
           unimodal components give a unimodal result in between.
         * ``"probability"`` -- the quantile function of the probability mixture
           F_mix = sum_m g_m F_m (bimodal where the components are apart), evaluated at
-          ``levels`` (default: the components' levels) by bisection on the exact CDF.
+          ``levels`` (default: the components' levels), read off the exact CDF (see
+          :func:`_mixture_quantiles`).
 
         Both have mean sum_m g_m mean_m. ``components`` is a list of same-kind
         distributions or one distribution whose values are ``[..., M, K]``.
@@ -270,20 +270,7 @@ class RewardDistribution:
         if levels is None:
             levels = stacked.levels if stacked.levels is not None else default_levels(19, stacked.values.dtype)
         levels = torch.as_tensor(levels, dtype=stacked.values.dtype, device=stacked.values.device)
-        lo = stacked.values.amin(dim=(-1, -2))
-        hi = stacked.values.amax(dim=(-1, -2))
-        lo = lo.unsqueeze(-1).expand(*lo.shape, levels.shape[0]).clone()
-        hi = hi.unsqueeze(-1).expand(*hi.shape, levels.shape[0]).clone()
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            # cdf of every component at every candidate: [..., M, T]
-            m = stacked.values.shape[-2]
-            f = stacked.cdf_at(mid.unsqueeze(-2).expand(*mid.shape[:-1], m, mid.shape[-1]))
-            fmix = (g.unsqueeze(-1) * f).sum(-2)
-            below = fmix < levels
-            lo = torch.where(below, mid, lo)
-            hi = torch.where(below, hi, mid)
-        return RewardDistribution(values=hi, levels=levels, kind="quantile")
+        return RewardDistribution(values=_mixture_quantiles(stacked, g, levels), levels=levels, kind="quantile")
 
     def risk(self, measure: str, **params: float) -> torch.Tensor:
         """Scalar summary by name: the config-driven entry point used by RL, eval and serve.
@@ -303,3 +290,44 @@ class RewardDistribution:
         if measure not in fns:
             raise ValueError(f"unknown risk measure {measure!r}; choose from {sorted(fns)}")
         return fns[measure](**params)
+
+
+def _mixture_quantiles(components: RewardDistribution, weights: torch.Tensor, levels: torch.Tensor,
+                       budget: int = 1 << 22) -> torch.Tensor:
+    """Quantiles [..., T] at ``levels`` of the probability mixture sum_c w_c F_c of the
+    components (values [..., C, K], weights [..., C]), exactly.
+
+    Each component's CDF is linear between its own quantile values (atoms at the outermost,
+    the constant tails; a step function for ensemble members), so the mixture's CDF is
+    linear (or constant) between consecutive knots of their union: one evaluation at the
+    knots and their midpoints (which give each left limit) reads off the quantile at tau
+    exactly -- the first knot whose CDF reaches tau, or a point on the linear piece before
+    it. (A bisection on the CDF evaluated every component at every level 60 times: pooling
+    B members for each of M attributes made scoring 252 items take 13 s instead of 1.5 s.)
+    Rows go in chunks of about ``budget`` CDF terms, so memory stays bounded."""
+    v = components.values
+    lead, (C, K) = v.shape[:-2], v.shape[-2:]
+    V, W = v.reshape(-1, C, K), weights.to(v.dtype).expand(*lead, C).reshape(-1, C)
+    lv = torch.as_tensor(levels, dtype=v.dtype)
+    rows = max(1, budget // (C * (2 * C * K) * (K + 1)))
+    parts = [_mixture_rows(V[s:s + rows], W[s:s + rows], components, lv) for s in range(0, max(len(V), 1), rows)]
+    return torch.cat(parts).reshape(*lead, len(lv))
+
+
+def _mixture_rows(V: torch.Tensor, W: torch.Tensor, like: RewardDistribution, lv: torch.Tensor) -> torch.Tensor:
+    R, C, K = V.shape
+    N = C * K
+    x = V.reshape(R, N).sort(-1).values  # the knots
+    if N == 1:
+        return x.expand(R, len(lv))
+    pts = torch.cat([x, (x[:, 1:] + x[:, :-1]) / 2], -1)
+    comps = RewardDistribution(values=V, levels=like.levels, kind=like.kind)
+    F = (W.unsqueeze(-1) * comps.cdf_at(pts.unsqueeze(1).expand(R, C, -1))).sum(1)
+    Fx, Fmid = F[:, :N].cummax(-1).values, F[:, N:]  # cummax: rounding must not unsort the knots' CDF
+    tau = lv.expand(R, -1).contiguous()
+    hi = torch.searchsorted(Fx.contiguous(), tau).clamp(max=N - 1)  # first knot with F >= tau
+    lo = (hi - 1).clamp(min=0)
+    x_lo, x_hi, F_lo = x.gather(1, lo), x.gather(1, hi), Fx.gather(1, lo)
+    F_left = 2 * Fmid.gather(1, lo) - F_lo  # F just below x_hi (linear on the open piece)
+    frac = ((tau - F_lo) / (F_left - F_lo).clamp_min(1e-300)).clamp(0, 1)
+    return torch.where((hi > 0) & (F_left >= tau), x_lo + frac * (x_hi - x_lo), x_hi)

@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_pairs_cmd(args: argparse.Namespace) -> int:
-    from distrm.eval import common, pairs
+    from distrm.eval import pairs
 
     cfg = config_from_args(EvalPairsConfig, args)
     if args.print_config:
@@ -125,16 +125,12 @@ def run_pairs_cmd(args: argparse.Namespace) -> int:
     print(table)
     if boards:
         print("\n" + boards)
-    out = Path(cfg.output_dir)
-    j = common.write_json(out / "pairs.json", res)
-    md = f"{res['weighting_note']}\n\n```\n{table}\n```\n" + (f"\n```\n{boards}\n```\n" if boards else "")
-    (out / "pairs.md").write_text(md, encoding="utf-8")
-    print(f"wrote {j} and {out / 'pairs.md'}")
+    _write_results(Path(cfg.output_dir), "pairs", res, res["weighting_note"], [table, boards])
     return 0
 
 
 def run_calibration_cmd(args: argparse.Namespace) -> int:
-    from distrm.eval import calibration, common
+    from distrm.eval import calibration
 
     cfg = config_from_args(EvalCalibrationConfig, args)
     if args.print_config:
@@ -153,8 +149,16 @@ def run_calibration_cmd(args: argparse.Namespace) -> int:
     )
     table = calibration.format_table(res["results"])
     print(table)
-    out = Path(cfg.output_dir)
-    j = common.write_json(out / "calibration.json", res)
-    (out / "calibration.md").write_text(f"{res['metrics_note']}\n\n```\n{table}\n```\n", encoding="utf-8")
-    print(f"wrote {j} and {out / 'calibration.md'}")
+    _write_results(Path(cfg.output_dir), "calibration", res, res["metrics_note"], [table])
     return 0
+
+
+def _write_results(out: Path, name: str, res: dict, note: str, tables: list[str]) -> None:
+    """``OUT/NAME.json`` (every count, for the report) and ``OUT/NAME.md`` (the note and the
+    printed tables), then say where they are."""
+    from distrm.eval import common
+
+    j = common.write_json(out / f"{name}.json", res)
+    md = f"{note}\n" + "".join(f"\n```\n{t}\n```\n" for t in tables if t)
+    (out / f"{name}.md").write_text(md, encoding="utf-8")
+    print(f"wrote {j} and {out / f'{name}.md'}")

@@ -93,47 +93,6 @@ def output_levels(levels: Sequence[float], n_members: int) -> torch.Tensor:
     return torch.cat([lv[0] * j, lv, (1 - (1 - lv[-1]) * j).flip(0)])
 
 
-def mixture_quantiles(components: RewardDistribution, weights: torch.Tensor, levels: torch.Tensor,
-                      budget: int = 1 << 22) -> torch.Tensor:
-    """Quantiles [..., T] at ``levels`` of the probability mixture sum_c w_c F_c of quantile
-    components (values [..., C, K], weights [..., C]): what ``RewardDistribution.mix(...,
-    method="probability")`` computes, exactly and without its bisection.
-
-    Why not that bisection: it evaluates every component's CDF at every level 60 times, and
-    pooling B members for each of M attributes made scoring 252 items (15 attributes x 3
-    members) take 13 s. Each component's CDF is linear between its own quantile values (atoms
-    at the outermost, the constant tails), so the mixture's CDF is linear between consecutive
-    knots of their union: one evaluation at the knots and their midpoints (which give each left
-    limit) reads off the quantile at tau exactly -- the first knot whose CDF reaches tau, or a
-    point on the linear piece before it. Rows go in chunks of about ``budget`` CDF terms, so
-    memory stays bounded whatever the batch."""
-    v = components.values
-    lead, (C, K) = v.shape[:-2], v.shape[-2:]
-    V, W = v.reshape(-1, C, K), weights.to(v.dtype).expand(*lead, C).reshape(-1, C)
-    lv = torch.as_tensor(levels, dtype=v.dtype)
-    rows = max(1, budget // (C * (2 * C * K) * (K + 1)))
-    parts = [_mixture_rows(V[s:s + rows], W[s:s + rows], components.levels, lv) for s in range(0, max(len(V), 1), rows)]
-    return torch.cat(parts).reshape(*lead, len(lv))
-
-
-def _mixture_rows(V: torch.Tensor, W: torch.Tensor, comp_levels: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
-    R, C, K = V.shape
-    N = C * K
-    x = V.reshape(R, N).sort(-1).values  # the knots
-    if N == 1:
-        return x.expand(R, len(lv))
-    pts = torch.cat([x, (x[:, 1:] + x[:, :-1]) / 2], -1)
-    F = (W.unsqueeze(-1) * RewardDistribution(values=V, levels=comp_levels).cdf_at(pts.unsqueeze(1).expand(R, C, -1))).sum(1)
-    Fx, Fmid = F[:, :N].cummax(-1).values, F[:, N:]  # cummax: rounding must not unsort the knots' CDF
-    tau = lv.expand(R, -1).contiguous()
-    hi = torch.searchsorted(Fx.contiguous(), tau).clamp(max=N - 1)  # first knot with F >= tau
-    lo = (hi - 1).clamp(min=0)
-    x_lo, x_hi, F_lo = x.gather(1, lo), x.gather(1, hi), Fx.gather(1, lo)
-    F_left = 2 * Fmid.gather(1, lo) - F_lo  # F just below x_hi (linear on the open piece)
-    frac = ((tau - F_lo) / (F_left - F_lo).clamp_min(1e-300)).clamp(0, 1)
-    return torch.where((hi > 0) & (F_left >= tau), x_lo + frac * (x_hi - x_lo), x_hi)
-
-
 def heads_from_state(coef: torch.Tensor, intercept: torch.Tensor, levels: Sequence[float]) -> BootstrapQuantileHeads:
     """A fitted :class:`BootstrapQuantileHeads` from saved tensors (it has no loader of its
     own), so a loaded model scores through the very ``predict`` training used."""
@@ -212,15 +171,13 @@ class QuantileEnsembleRewardModel(RewardModel):
         B = per.values.shape[2]
         stacked = RewardDistribution(values=per.values.transpose(1, 2), levels=per.levels)  # [n, B, M, K]
         gb = g.unsqueeze(1).expand(-1, B, -1)
-        if self.config.mix == "probability":
-            return RewardDistribution(values=mixture_quantiles(stacked, gb, per.levels), levels=per.levels)
         return RewardDistribution.mix(stacked, gb, method=self.config.mix)
 
     def _pool(self, dist: RewardDistribution) -> RewardDistribution:
         """The equal-weight probability mixture over the second-to-last (member) axis, at the
         output levels."""
         eq = torch.full(dist.values.shape[:-1], 1.0 / dist.values.shape[-2], dtype=dist.values.dtype)
-        return RewardDistribution(values=mixture_quantiles(dist, eq, self.levels), levels=self.levels)
+        return RewardDistribution.mix(dist, eq, method="probability", levels=self.levels)
 
     @staticmethod
     def split(members: RewardDistribution) -> dict[str, torch.Tensor]:
