@@ -1,7 +1,7 @@
 """Raw vs reward-tuned backbones (issue 6): does a Bradley-Terry fine-tune of the backbone help
 the heads on top?
 
-For each backbone (MiniLM, SmolLM2-135M raw, SmolLM2-135M after ``distrm finetune-backbone``,
+For each backbone (MiniLM and SmolLM2-135M raw, each after ``distrm finetune-backbone``,
 optionally Gemma-3 raw/tuned) it runs :func:`table1.run_backbone` -- the same training data
 (train split of the default shared sets), the same held-out evaluation splits, the same feature
 store and caps as Table 1 -- and reports, per shared evaluation set, the pairwise accuracy of
@@ -14,6 +14,7 @@ store and caps as Table 1 -- and reports, per shared evaluation set, the pairwis
 
     PYTHONPATH=src python benchmarks/backbones.py \\
         --backbones minilm,smollm2-135m,runs/rm-smollm2-135m-cpu --dtype bfloat16 --max-train-rows 400 --max-eval-pairs 250
+    PYTHONPATH=src python benchmarks/backbones.py --update --backbones minilm,.cache/backbones/minilm-tuned   # keep the other rows
 
 Nothing is tuned on the evaluation splits: the fine-tune's pairs are checked to share no prompt
 with them (``finetune_prompt_overlap`` in the JSON must be 0).
@@ -42,7 +43,8 @@ from distrm.eval import pairs as pe  # noqa: E402
 from distrm.eval.common import write_json  # noqa: E402
 
 CHAT_SETS = ("llmbar", "ultrafeedback", "orca-dpo", "autoj-pairwise")  # Chat + Chat Hard sections
-METHODS = ("BT head", "QRM", "BT ensemble (10)", "RM head (fine-tuned)", "longer wins")
+DPL_HEADS = {"mean_variance": "DPL mean-variance", "categorical": "DPL categorical"}
+METHODS = ("BT head", "QRM", "BT ensemble (10)", *DPL_HEADS.values(), "RM head (fine-tuned)", "longer wins")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.Namespace]:
@@ -52,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
     p.add_argument("--out", default="benchmarks/results/backbones.json")
     p.add_argument("--runs", default="runs/backbones")
     p.add_argument("--reaggregate", action="store_true", help="rebuild the table and targets from --out's per-seed results (no training)")
+    p.add_argument("--no-dpl", action="store_true", help="leave out the DPL heads' rows")
+    p.add_argument("--update", action="store_true", help="rerun only --backbones and keep --out's per-seed results of its other "
+                   "backbones (the table shows them all)")
     args, rest = p.parse_known_args(argv)
     targs = t1.parse_args(rest + ["--runs", args.runs, "--out", args.out])  # caps, seeds, store, dtype: table1's options
     return args, targs
@@ -99,20 +104,47 @@ def finetune_info(backbone: str, ev_pairs: list) -> dict[str, Any] | None:
             "finetune_prompt_overlap": overlap, "config": log["config"]}  # fmt: skip
 
 
-def rm_head_scores(targs: argparse.Namespace, backbone: str, ev_pairs: list) -> tuple[np.ndarray, np.ndarray]:
-    """The fine-tuned score head on the backbone's features (from the store: already extracted)."""
+def eval_features(targs: argparse.Namespace, backbone: str, ev_pairs: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected reward features of the evaluation pairs (from the store: already extracted)."""
     from distrm.features.backbones import Backbone
     from distrm.features import extract
-    from distrm.training.finetune import load_head
 
     base = t1._cfg(targs, backbone, "quantile", 0)
     bb = Backbone.from_pretrained(backbone, max_length=base.backbone.max_length, dtype=base.backbone.dtype)
     kw = dict(store=targs.store, batch_size=targs.batch_size, progress=False)
     prompts = [p.prompt for p in ev_pairs]
-    w = load_head(backbone).double()
     fc = torch.as_tensor(np.asarray(extract(bb, prompts, [p.chosen for p in ev_pairs], **kw).reward)).double()
     fr = torch.as_tensor(np.asarray(extract(bb, prompts, [p.rejected for p in ev_pairs], **kw).reward)).double()
+    return fc, fr
+
+
+def rm_head_scores(targs: argparse.Namespace, backbone: str, ev_pairs: list) -> tuple[np.ndarray, np.ndarray]:
+    """The fine-tuned score head on the backbone's features."""
+    from distrm.training.finetune import load_head
+
+    w = load_head(backbone).double()
+    fc, fr = eval_features(targs, backbone, ev_pairs)
     return (fc @ w.T)[:, 0].numpy(), (fr @ w.T)[:, 0].numpy()
+
+
+def dpl_results(targs: argparse.Namespace, backbone: str, ev_pairs: list, ev_sets: list[str], seeds: list[int]) -> dict[str, Any]:
+    """The DPL heads (``distrm train`` with ``model: dpl``: the training pairs of the QRM rows, the
+    L2 one BT head picks by CV) ranked by their mean, one model per seed."""
+    from distrm.training.dpl import train_dpl
+
+    fc, fr = eval_features(targs, backbone, ev_pairs)
+    res: dict[str, Any] = {}
+    for head, name in DPL_HEADS.items():
+        res[name] = {}
+        for s in seeds:
+            cfg = t1._cfg(targs, backbone, "quantile", s)
+            cfg.model, cfg.dpl.head, cfg.output_dir = "dpl", head, f"{targs.runs}/{backbone}/dpl-{head}/seed{s}"
+            model = train_dpl(cfg)
+            oc, orj = model.score_features(fc), model.score_features(fr)
+            res[name][s] = {"pairs": t1.pair_summary(ev_pairs, ev_sets, oc.mean.numpy(), orj.mean.numpy()),
+                            "mean_sd_chosen": float(oc.reward.std().mean())}  # fmt: skip
+            print(f"[{backbone}] {name} seed {s}: overall {100 * res[name][s]['pairs']['overall']:.1f}")
+    return res
 
 
 def _ms(v: list[float]) -> str:
@@ -151,16 +183,20 @@ def targets(rows: list[dict[str, Any]], tuned: list[str], raw: list[str]) -> dic
     length = get.get(("-", "longer wins"))
     out: dict[str, Any] = {}
     for t in tuned:
-        for m in ("BT head", "QRM", "BT ensemble (10)", "RM head (fine-tuned)"):
+        for m in ("BT head", "QRM", "BT ensemble (10)", *DPL_HEADS.values(), "RM head (fine-tuned)"):
             if (t, m) not in get:
                 continue
             r = get[(t, m)]
-            best_raw = max((get[(b, mm)]["mean_of_sets"]["mean"], b, mm) for b in raw for mm in ("BT head", "QRM", "BT ensemble (10)") if (b, mm) in get)
+            best_raw = max((get[(b, mm)]["mean_of_sets"]["mean"], b, mm) for b in raw
+                           for mm in ("BT head", "QRM", "BT ensemble (10)", *DPL_HEADS.values()) if (b, mm) in get)
             vs_len = {k: r["sets"][k]["mean"] - length["sets"][k]["mean"] for k in CHAT_SETS} if length else {}
             same = {b: r["mean_of_sets"]["mean"] - get[(b, m)]["mean_of_sets"]["mean"] for b in raw if (b, m) in get}
+            # the seed spread the difference is judged against: the larger std of the two rows' means of sets
+            spread = {b: max(r["mean_of_sets"]["std"], get[(b, m)]["mean_of_sets"]["std"]) for b in raw if (b, m) in get}
             out[f"{t} / {m}"] = {
                 "mean_of_sets": r["mean_of_sets"]["mean"],
                 "minus_same_head_on_raw_backbones": same,
+                "same_head_seed_std": spread,
                 "best_raw": {"backbone": best_raw[1], "method": best_raw[2], "mean_of_sets": best_raw[0]},
                 "beats_every_raw_backbone_by": r["mean_of_sets"]["mean"] - best_raw[0],
                 "minus_length_heuristic_on_chat_sets": vs_len,
@@ -181,11 +217,19 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(Path(args.out).read_text())
         log, results, backbones = old["log"], old["per_seed"], old["backbones"]
         sub2set = eval_pairs(targs, backbones[0])[2]
+    kept: dict[str, Any] = {}
+    if args.update and not args.reaggregate and Path(args.out).is_file():
+        old = json.loads(Path(args.out).read_text())
+        kept = {b: old["per_seed"][b] for b in old["backbones"] if b not in backbones}
+        for k in ("data", "timings", "finetune"):
+            log[k].update({b: v for b, v in old["log"].get(k, {}).items() if b in kept})
     for bb in [] if args.reaggregate else backbones:
         print(f"=== {bb}", flush=True)
         res = t1.run_backbone(targs, bb, seeds, log)
         ev_pairs, ev_sets, s2s = eval_pairs(targs, bb)
         sub2set.update(s2s)
+        if not args.no_dpl:
+            res.update(dpl_results(targs, bb, ev_pairs, ev_sets, seeds))
         info = finetune_info(bb, ev_pairs)
         if info is not None:
             log["finetune"][bb] = info
@@ -194,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             sc, sr = rm_head_scores(targs, bb, ev_pairs)
             res["RM head (fine-tuned)"] = {s: {"pairs": t1.pair_summary(ev_pairs, ev_sets, sc, sr)} for s in seeds}
         results[bb] = res
+    results.update(kept)
+    backbones = [*kept, *backbones] if kept else backbones
     tuned = [b for b in backbones if b in log["finetune"]]
     raw = [b for b in backbones if b not in log["finetune"]]
     results = {b: results[b] for b in raw + tuned}  # raw rows first in the table

@@ -9,6 +9,16 @@ rollout worker would) until ``--duration`` seconds or ``--max-requests`` request
 passed. It counts errors (non-200, wrong reward count, non-finite rewards, exceptions)
 and lost responses (requests sent that never got an answer), which must both be 0.
 
+Every reward is also checked against the reward of its own pair computed locally
+(the same text recovery and model, in this process): an answer off by more than float
+rounding counts as mismatched, so a response routed to the wrong request cannot pass.
+
+    PYTHONPATH=src python benchmarks/serve_load.py --replicas 1,2 --clients 16 --duration 20
+
+``--replicas`` compares Ray Serve deployments (``distrm serve --replicas N --ray``, each
+replica one torch thread and one Ray CPU) in the same run, after the single-process server
+as a reference, and writes ``results/serve_load_replicas.json`` instead.
+
 Why a subprocess server: clients in the server's process would share its GIL and distort
 the latency it measures. Loopback only; everything is bounded in count and time.
 
@@ -77,6 +87,19 @@ def build_model(path: Path, dtype: str = "float32") -> Path:
     return path
 
 
+def expected_rewards(model_dir: Path, pairs: list[tuple[str, str]]) -> list[float]:
+    """The ``/get_reward`` reward of each pair as sent (query = prompt + " " + response),
+    computed here: the server's own text recovery, then ``model.score``."""
+    from distrm.models.auto import AutoRewardModel
+    from distrm.serve.app import RewardService, ServeConfig
+
+    model = AutoRewardModel.from_pretrained(model_dir)
+    service = RewardService(model, ServeConfig(warmup=False))
+    recovered = [service.recover_item(p + " " + r, p, i, f"pair {i}")[0] for i, (p, r) in enumerate(pairs)]
+    out = model.score([p for p, _ in recovered], [r for _, r in recovered], batch_size=64)
+    return out.reward.risk("mean").tolist()
+
+
 def serve_main(argv: list[str]) -> None:
     """Server subprocess: ``serve_load.py --serve MODEL PORT MAX_BATCH MAX_WAIT_MS THREADS``."""
     import uvicorn
@@ -108,17 +131,28 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-async def load(url: str, pairs: list[tuple[str, str]], clients: int, items: int, duration: float, max_requests: int) -> dict[str, Any]:
+MATCH_TOL = 1e-6
+
+
+def matches(got: float, want: float) -> bool:
+    """Equal up to float rounding (batch composition changes the padded forward slightly)."""
+    return abs(got - want) <= MATCH_TOL * (1.0 + abs(want))
+
+
+async def load(url: str, pairs: list[tuple[str, str]], clients: int, items: int, duration: float, max_requests: int,
+               expected: list[float]) -> dict[str, Any]:
     lat: list[float] = []
-    sent = answered = errors = 0
+    sent = answered = errors = mismatched = 0
+    max_dev = 0.0  # largest |reward - expected| among answers that matched
     err_examples: list[str] = []
     stop_at = time.monotonic() + duration
 
     async def worker(cid: int, c: httpx.AsyncClient) -> None:
-        nonlocal sent, answered, errors
+        nonlocal sent, answered, errors, mismatched, max_dev
         rng = random.Random(cid)
         while time.monotonic() < stop_at and sent < max_requests:
-            batch = [pairs[rng.randrange(len(pairs))] for _ in range(items)]
+            idx = [rng.randrange(len(pairs)) for _ in range(items)]
+            batch = [pairs[i] for i in idx]
             body = {"query": [p + " " + r for p, r in batch], "prompts": [p for p, _ in batch]}
             sent += 1
             t0 = time.perf_counter()
@@ -134,6 +168,13 @@ async def load(url: str, pairs: list[tuple[str, str]], clients: int, items: int,
             if ok:
                 rw = r.json().get("rewards", [])
                 ok = len(rw) == items and all(isinstance(x, float) and math.isfinite(x) for x in rw)
+                if ok and not all(matches(x, expected[i]) for x, i in zip(rw, idx)):
+                    mismatched += 1  # an answer, but not this request's
+                    if len(err_examples) < 3:
+                        err_examples.append(f"mismatch: got {rw}, expected {[expected[i] for i in idx]}")
+                    continue
+                if ok:
+                    max_dev = max([max_dev] + [abs(x - expected[i]) for x, i in zip(rw, idx)])
             if not ok:
                 errors += 1
                 if len(err_examples) < 3:
@@ -149,6 +190,8 @@ async def load(url: str, pairs: list[tuple[str, str]], clients: int, items: int,
         "responses": answered,
         "lost": sent - answered,
         "errors": errors,
+        "mismatched": mismatched,
+        "max_abs_reward_deviation": max_dev,
         "error_examples": err_examples,
         "elapsed_s": round(elapsed, 3),
         "requests_per_s": round(answered / elapsed, 2),
@@ -158,41 +201,60 @@ async def load(url: str, pairs: list[tuple[str, str]], clients: int, items: int,
     }
 
 
-def run_mode(name: str, model: Path, max_batch: int, args: argparse.Namespace, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+def server_command(model: Path, port: int, max_batch: int, args: argparse.Namespace, replicas: int | None) -> list[str]:
+    """The server subprocess: this script's uvicorn server (``replicas`` None), or ``distrm
+    serve --ray`` with ``replicas`` replicas of one torch thread and one Ray CPU each."""
+    if replicas is None:
+        return [sys.executable, __file__, "--serve", str(model), str(port), str(max_batch), str(args.max_wait_ms), str(args.threads)]
+    return [sys.executable, "-c", "import sys; from distrm.cli import main; sys.exit(main())", "serve", str(model),
+            "--ray", "--replicas", str(replicas), "--replica-cpus", "1", "--threads", str(args.threads or 1),
+            "--ray-object-store-mb", "100", "--port", str(port), "--max-batch", str(max_batch),
+            "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
+
+
+def run_mode(name: str, model: Path, max_batch: int, args: argparse.Namespace, pairs: list[tuple[str, str]],
+             expected: list[float], replicas: int | None = None) -> dict[str, Any]:
+    from distrm.serve.client import wait_until_up
+
     port = free_port()
-    cmd = [sys.executable, __file__, "--serve", str(model), str(port), str(max_batch), str(args.max_wait_ms), str(args.threads)]
-    proc = subprocess.Popen(cmd, env=os.environ.copy())
+    proc = subprocess.Popen(server_command(model, port, max_batch, args, replicas), env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     try:
-        t0 = time.monotonic()
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() - t0 > 180:
-                raise RuntimeError(f"{name} server did not start")
-            time.sleep(0.2)
-        asyncio.run(load(url, pairs, args.clients, args.items, 2.0, 10**9))  # warm-up, not recorded
+        start_s = wait_until_up(url, 300, proc)
+        asyncio.run(load(url, pairs, args.clients, args.items, 2.0, 10**9, expected))  # warm-up, not recorded
         before = httpx.get(f"{url}/health").json()
-        res = asyncio.run(load(url, pairs, args.clients, args.items, args.duration, args.max_requests))
+        res = asyncio.run(load(url, pairs, args.clients, args.items, args.duration, args.max_requests, expected))
         after = httpx.get(f"{url}/health").json()
-        nb = after["batches"] - before["batches"]
-        res.update(
-            mode=name,
-            max_batch=max_batch,
-            backbone_calls=nb,
-            mean_batch_items=round((after["items_scored"] - before["items_scored"]) / max(nb, 1), 2),
-            largest_batch=after["largest_batch"],
-        )
+        res.update(mode=name, max_batch=max_batch, replicas=replicas, start_s=round(start_s, 1))
+        if replicas is None:  # behind Ray, /health is one replica's counters: no server-wide batch sizes
+            nb = after["batches"] - before["batches"]
+            res.update(backbone_calls=nb, mean_batch_items=round((after["items_scored"] - before["items_scored"]) / max(nb, 1), 2),
+                       largest_batch=after["largest_batch"])
         return res
     finally:
-        proc.terminate()
+        proc.terminate()  # SIGTERM: distrm serve --ray stops its replicas and its private Ray
         try:
-            proc.wait(20)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print(f"{'mode':<10} {'max_batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} {'errors':>6} {'lost':>5} {'mismatch':>8}")
+    for r in results:
+        mb = r.get("mean_batch_items")
+        print(f"{r['mode']:<10} {r['max_batch']:>9} {r['requests_per_s']:>8.1f} {r['latency_p50_ms']:>8.1f} "
+              f"{r['latency_p99_ms']:>8.1f} {'-' if mb is None else f'{mb:.1f}':>10} {r['errors']:>6} {r['lost']:>5} {r['mismatched']:>8}")
+        for e in r["error_examples"]:
+            print(f"  {r['mode']}: {e}")
+
+
+def confusable(values: list[float]) -> int:
+    """Pairs whose reward another pair's reward matches within the tolerance: an answer
+    swapped between two such pairs would go unnoticed, so their count is reported."""
+    v = sorted(values)
+    return sum(1 for i, x in enumerate(v) if any(0 <= j < len(v) and j != i and matches(v[j], x) for j in (i - 1, i + 1)))
 
 
 def main() -> int:
@@ -209,28 +271,47 @@ def main() -> int:
     ap.add_argument("--batched-max-batch", type=int, default=64)
     ap.add_argument("--dtype", default="float32", help="backbone precision of the default model (bfloat16: AMX CPUs)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server (0 = torch default); 1 keeps a shared machine usable")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "serve_load.json")
+    ap.add_argument("--replicas", default=None,
+                    help="compare Ray Serve deployments of these replica counts, e.g. 1,2 (after the single-process server)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON output (default results/serve_load.json, "
+                    "results/serve_load_replicas.json with --replicas)")
     args = ap.parse_args()
     if not 1 <= args.clients <= 256 or not 0 < args.duration <= 120:
         ap.error("--clients must be in 1..256 and --duration in (0, 120]")
+    try:
+        replica_counts = [int(x) for x in args.replicas.split(",")] if args.replicas else []
+    except ValueError:
+        ap.error(f"--replicas must be comma-separated counts like 1,2, got {args.replicas!r}")
+    if any(not 1 <= n <= 64 for n in replica_counts):
+        ap.error("--replicas counts must be in 1..64")
+    out_path = args.out or ROOT / "results" / ("serve_load_replicas.json" if replica_counts else "serve_load.json")
     pairs = make_pairs(512)
+    load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or build_model(Path(tmp) / "model", args.dtype)
-        results = [
-            run_mode("batched", model, args.batched_max_batch, args, pairs),
-            run_mode("unbatched", model, 1, args, pairs),
-        ]
-    b, u = results
-    ratio = b["requests_per_s"] / u["requests_per_s"] if u["requests_per_s"] else math.nan
-    print(f"{'mode':<10} {'max_batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} {'errors':>6} {'lost':>5}")
-    for r in results:
-        print(f"{r['mode']:<10} {r['max_batch']:>9} {r['requests_per_s']:>8.1f} {r['latency_p50_ms']:>8.1f} "
-              f"{r['latency_p99_ms']:>8.1f} {r['mean_batch_items']:>10.1f} {r['errors']:>6} {r['lost']:>5}")
-        for e in r["error_examples"]:
-            print(f"  {r['mode']}: {e}")
-    print(f"throughput ratio batched/unbatched at {args.clients} clients: {ratio:.2f}x")
+        expected = expected_rewards(model, pairs)
+        results = [run_mode("single" if replica_counts else "batched", model, args.batched_max_batch, args, pairs, expected)]
+        if replica_counts:
+            results += [run_mode(f"ray x{n}", model, args.batched_max_batch, args, pairs, expected, replicas=n)
+                        for n in replica_counts]
+        else:
+            results.append(run_mode("unbatched", model, 1, args, pairs, expected))
+    print_table(results)
+    rate = {r["mode"]: r["requests_per_s"] for r in results}
+    div = lambda a, b: round(rate[a] / rate[b], 2) if rate[b] else math.nan  # noqa: E731
+    if replica_counts:
+        ray = [r["mode"] for r in results[1:]]
+        ratios = {f"{m} / {ray[0]}": div(m, ray[0]) for m in ray[1:]} | {f"{m} / single": div(m, "single") for m in ray}
+    else:
+        ratios = {"batched / unbatched": div("batched", "unbatched")}
+    for k, v in ratios.items():
+        print(f"throughput ratio {k} at {args.clients} clients: {v:.2f}x")
+    n_conf = confusable(expected)
+    print(f"mismatch check: |reward - expected| <= {MATCH_TOL:g} (1 + |expected|); largest deviation seen "
+          f"{max(r['max_abs_reward_deviation'] for r in results):.1e}; {n_conf} of {len(pairs)} pairs have a reward "
+          "another pair matches within the tolerance")
     out = {
-        "benchmark": "serve_load",
+        "benchmark": "serve_load_replicas" if replica_counts else "serve_load",
         "clients": args.clients,
         "items_per_request": args.items,
         "duration_s": args.duration,
@@ -242,14 +323,19 @@ def main() -> int:
         # which distrm.features.backbones produced the features (a file path, or a stand-in without one)
         "backbone_module": _backbone_module(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_avg_at_start": load_at_start,
                     "load_avg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
-        "throughput_ratio": round(ratio, 2),
+        "throughput_ratios": ratios,
+        "mismatch_tolerance": f"{MATCH_TOL:g} * (1 + |expected|)",
+        "confusable_pairs": n_conf,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0 if all(r["errors"] == 0 and r["lost"] == 0 for r in results) else 1
+    if not replica_counts:
+        out["throughput_ratio"] = ratios["batched / unbatched"]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {out_path}")
+    return 0 if all(r["errors"] == 0 and r["lost"] == 0 and r["mismatched"] == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

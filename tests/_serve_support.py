@@ -22,6 +22,7 @@ from distrm.heads.gate import GatingNetwork
 from distrm.models.qrm import DistributionalRewardModel, ModelConfig
 from distrm.models.auto import AutoRewardModel
 from distrm.serve.app import ServeConfig, create_app
+from distrm.serve.protocol import uvicorn_config
 
 ATTRIBUTES = ["helpfulness", "correctness", "verbosity"]
 
@@ -64,15 +65,14 @@ def _free_port() -> int:
 
 @contextmanager
 def running_server(model_dir: Path, config: ServeConfig, app_out: list | None = None, **uvicorn_kwargs) -> Iterator[str]:
-    """Serve ``model_dir`` on 127.0.0.1 in a thread; yields the base URL. The idle
-    (keep-alive) timeout is the config's, as ``distrm serve`` sets it; ``uvicorn_kwargs``
+    """Serve ``model_dir`` on 127.0.0.1 in a thread; yields the base URL. The uvicorn
+    configuration (idle timeout, request-head deadline, protocol) is ``distrm serve``'s; ``uvicorn_kwargs``
     override uvicorn settings; ``app_out`` (a list) receives the app (its service counters)."""
     app = create_app(AutoRewardModel.from_pretrained(model_dir), config)
     if app_out is not None:
         app_out.append(app)
     port = _free_port()
-    kw = {"timeout_keep_alive": config.limits.idle_timeout_s, **uvicorn_kwargs}
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **kw))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, config.limits, log_level="warning", **uvicorn_kwargs))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
     t0 = time.monotonic()

@@ -77,6 +77,8 @@ TINY_FINETUNE = ["--set", "max_pairs=12", "--set", "holdout_fraction=0", "--set"
                  "--set", "data.max_rows_per_source=30", "--set", "trainer.save_strategy=steps",
                  "--set", "trainer.save_steps=1", "--set", "trainer.save_total_limit=1",
                  "--set", "trainer.logging_steps=1"]  # fmt: skip
+# the same tiny run on the encoder MiniLM, fully fine-tuned (the encoder path: mean-pooled score)
+TINY_FINETUNE_MINILM = [*TINY_FINETUNE, "--set", "base_model=minilm", "--set", "method=full", "--set", "trainer.learning_rate=1e-3"]
 
 
 def _train(out, store, *extra) -> None:
@@ -119,6 +121,24 @@ def trained_quantile_ensemble(tmp_path_factory, feature_store):
     return out
 
 
+def _train_dpl(tmp_path_factory, store, head: str):
+    out = tmp_path_factory.mktemp(f"dpl-{head}") / "model"
+    _train(out, store, "--set", "model=dpl", "--set", f"dpl.head={head}", "--set", "dpl.l2=0.01", "--set", "dpl.max_iter=100")
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_dpl_mean_variance(tmp_path_factory, feature_store):
+    """``distrm train --set model=dpl`` (mean-variance DPL head, fixed l2), same data and features."""
+    return _train_dpl(tmp_path_factory, feature_store, "mean_variance")
+
+
+@pytest.fixture(scope="session")
+def trained_dpl_categorical(tmp_path_factory, feature_store):
+    """``distrm train --set model=dpl --set dpl.head=categorical`` (10 atoms, fixed l2), same data and features."""
+    return _train_dpl(tmp_path_factory, feature_store, "categorical")
+
+
 @pytest.fixture(scope="session")
 def finetuned(tmp_path_factory):
     """``distrm finetune-backbone`` on real SmolLM2-135M: two LoRA steps on 12 real pairs."""
@@ -126,4 +146,14 @@ def finetuned(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ft") / "rm"
     assert main(["finetune-backbone", "--output-dir", str(out), *TINY_FINETUNE]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def finetuned_minilm(tmp_path_factory):
+    """``distrm finetune-backbone`` on the real MiniLM encoder: two full fine-tuning steps on 12 real pairs."""
+    from distrm.cli import main
+
+    out = tmp_path_factory.mktemp("ft-minilm") / "rm"
+    assert main(["finetune-backbone", "--output-dir", str(out), *TINY_FINETUNE_MINILM]) == 0
     return out

@@ -46,7 +46,7 @@ def test_cli_print_config_and_error_exit(capsys, tmp_path):
 @pytest.mark.parametrize("override, needle", [
     ("heads.alpha=abc", "heads.alpha: expected float or null, got 'abc'"),
     ("heads.kind=lasso", "heads.kind: expected one of ['quantile', 'ridge']"),
-    ("model=qrmm", "model: expected one of ['qrm', 'ensemble', 'quantile_ensemble']"),
+    ("model=qrmm", "model: expected one of ['qrm', 'ensemble', 'quantile_ensemble', 'dpl']"),
     ("gate.epochs=2.5", "gate.epochs: expected an integer"),
     ("progress=maybe", "progress: expected true or false"),
 ])

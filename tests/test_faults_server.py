@@ -6,8 +6,9 @@
 * a client that sends a large request and hangs up: the server stops scoring its items
   within 1 s (the batcher's ``items_scored`` counter stops), its queued items are dropped,
   and the disconnect is one log line (no traceback);
-* an idle keep-alive connection is closed after the idle timeout; a body that never
-  finishes arriving gets 408.
+* an idle keep-alive connection is closed after the idle timeout; so is a connection that
+  never sends a request, or trickles its request head a byte at a time (a deadline, not an
+  idle timer); a body that never finishes arriving gets 408.
 * ``/score`` never answers a silent ``null`` for a non-finite value; the OpenAPI document
   asks for auth only when a token is set and describes the risk grammar.
 """
@@ -35,6 +36,7 @@ MAX_ITEMS = 64
 MAX_CHARS = 32_768
 IDLE_S = 1.0
 BODY_S = 1.0
+HEAD_S = 1.5
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir: Path):
     limits = Limits(max_items=MAX_ITEMS, max_text_chars=MAX_CHARS, max_queue_items=4 * MAX_ITEMS,
-                    request_timeout_s=300, idle_timeout_s=IDLE_S, body_timeout_s=BODY_S)
+                    request_timeout_s=300, idle_timeout_s=IDLE_S, body_timeout_s=BODY_S, header_timeout_s=HEAD_S)
     cfg = ServeConfig(max_batch=4, max_wait_ms=1, limits=limits, strip=("<|im_end|>", "</s>"), warmup=True)
     apps: list = []
     with running_server(model_dir, cfg, app_out=apps) as url:
@@ -54,9 +56,11 @@ def server(model_dir: Path):
 
 @pytest.fixture(scope="module")
 def big_server(model_dir: Path):
-    """Large requests allowed, so one request keeps the model busy for many seconds."""
+    """Large requests allowed, so one request keeps the model busy for many seconds; the
+    default batch size: the batcher's time slices, not a small batch, bound abandoned work."""
     limits = Limits(max_items=4096, max_queue_items=8192, request_timeout_s=300)
-    cfg = ServeConfig(max_batch=2, max_wait_ms=1, limits=limits)  # a running batch finishes: keep it short
+    cfg = ServeConfig(max_wait_ms=1, limits=limits)
+    assert cfg.max_batch >= 32
     apps: list = []
     with running_server(model_dir, cfg, app_out=apps) as url:
         yield url, apps[0].state.service.batcher
@@ -103,25 +107,29 @@ def _worst_query() -> str:
 
 def test_health_stays_responsive_under_max_request(server) -> None:
     url, batcher = server
-    body = {"query": [_worst_query() for _ in range(MAX_ITEMS)]}
+    body = json.dumps({"query": [_worst_query() for _ in range(MAX_ITEMS)]}).encode()
+    r, latencies = _post_while_polling(url, "/get_reward", body, "max-size")
+    assert r.status_code == 200, r.text[:500]
+    assert len(r.json()["rewards"]) == MAX_ITEMS
+    assert len(latencies) >= 5 and max(latencies) < 1.0
+
+
+def _post_while_polling(url: str, path: str, body: bytes, what: str) -> tuple[httpx.Response, list[float]]:
+    """POST ``body`` while :class:`_Poller` polls /health; the response and the /health latencies."""
     poller = _Poller(url)
     poller.start()
     try:
         time.sleep(0.3)
         t0 = time.monotonic()
-        r = httpx.post(url + "/get_reward", json=body, timeout=300)
+        r = httpx.post(url + path, content=body, headers={"Content-Type": "application/json"}, timeout=600)
         elapsed = time.monotonic() - t0
         time.sleep(0.3)
     finally:
         poller.stop.set()
         poller.join(15)
-    assert r.status_code == 200, r.text[:500]
-    assert len(r.json()["rewards"]) == MAX_ITEMS
-    worst = max(poller.latencies)
-    print(f"\nmax-size /get_reward took {elapsed:.2f} s; /health polled {len(poller.latencies)} times, "
-          f"max latency {worst * 1000:.0f} ms")
-    assert len(poller.latencies) >= 5
-    assert worst < 1.0
+    print(f"\n{what} {path} ({len(body) / 2**20:.1f} MiB) took {elapsed:.2f} s; /health polled "
+          f"{len(poller.latencies)} times, max latency {max(poller.latencies) * 1000:.0f} ms")
+    return r, poller.latencies
 
 
 class _Records(logging.Handler):
@@ -203,6 +211,54 @@ def test_idle_connection_is_closed(server) -> None:
     assert IDLE_S * 0.5 <= waited < IDLE_S + 2
 
 
+def _wait_closed(s: socket.socket, trickle: bytes = b"", every_s: float = 0.2) -> float:
+    """Seconds until the server closes ``s``, sending ``trickle`` one byte per ``every_s``
+    meanwhile (then waiting silently)."""
+    t0 = time.monotonic()
+    s.settimeout(every_s)
+    sent = 0
+    while time.monotonic() - t0 < 30:
+        try:
+            if not s.recv(65536):
+                return time.monotonic() - t0
+        except socket.timeout:
+            pass
+        except ConnectionResetError:
+            return time.monotonic() - t0
+        if sent < len(trickle):
+            try:
+                s.sendall(trickle[sent:sent + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                return time.monotonic() - t0
+            sent += 1
+    return float("inf")
+
+
+def test_silent_connection_is_closed(server) -> None:
+    """A connection that never sends a byte is closed after the request-head deadline."""
+    url, _ = server
+    with socket.create_connection(_hostport(url)) as s:
+        waited = _wait_closed(s)
+    print(f"\nsilent connection closed after {waited:.2f} s (head deadline {HEAD_S} s)")
+    assert HEAD_S * 0.8 <= waited < HEAD_S + 2
+
+
+def test_trickled_request_head_is_closed(server) -> None:
+    """Request-line and header bytes sent one every 0.2 s (a slowloris) do not extend the
+    deadline: the connection is closed HEAD_S after it opened, and the server stays healthy."""
+    url, _ = server
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 200 + b"\r\n\r\n"
+    with socket.create_connection(_hostport(url)) as s:
+        waited = _wait_closed(s, trickle=head)
+    print(f"\ntrickled request head closed after {waited:.2f} s (head deadline {HEAD_S} s)")
+    assert HEAD_S * 0.8 <= waited < HEAD_S + 2
+    assert httpx.get(url + "/health", timeout=10).status_code == 200
+    # a well-behaved keep-alive client is unaffected: two requests on one connection
+    with httpx.Client(base_url=url, timeout=10) as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/health").status_code == 200
+
+
 def test_slow_body_gets_408(server) -> None:
     url, _ = server
     s = socket.create_connection(_hostport(url))
@@ -252,3 +308,37 @@ def test_openapi_auth_only_with_token(model_dir: Path) -> None:
     # the risk grammar is in the schema
     risks = open_doc["components"]["schemas"]["ScoreRequest"]["properties"]["risks"]["items"]
     assert risks["pattern"] == RISK_PATTERN and "cvar" in risks["description"]
+
+
+def test_scoring_keeps_no_features_on_disk(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the server (and an RL reward function) scores is computed in memory and not
+    cached in a feature store: the disk does not grow with traffic and users' texts are not
+    kept. Evaluation caches explicitly (``store=``)."""
+    monkeypatch.chdir(tmp_path)
+    model = AutoRewardModel.from_pretrained(model_dir)
+    model.score(["a prompt"], ["a response"])
+    assert not any(tmp_path.rglob("*")), sorted(tmp_path.rglob("*"))
+    model.score(["a prompt"], ["a response"], store=tmp_path / "store")
+    assert any((tmp_path / "store").rglob("*.npy"))
+
+
+@pytest.mark.slow
+def test_health_stays_responsive_under_a_body_at_the_default_size_limit(model_dir: Path) -> None:
+    """The default limits (a 128 MiB body): a /get_reward body just under the limit, made of
+    texts at the character limit full of JSON escapes (the slowest thing to decode), while
+    /health is polled. No query contains its prompt, so none can be split into prompt and
+    response and no model time is spent: what is measured is the decode and text path the
+    event loop must not carry."""
+    cfg = ServeConfig(max_wait_ms=1, warmup=False)
+    lim = cfg.limits
+    text = "x\n" * (lim.max_text_chars // 2)  # every char of the second half an escape in JSON
+    one = len(json.dumps(text)) + 2 + len('"q",')
+    n = min(lim.max_items, (lim.max_body_bytes - 64) // one)
+    body = json.dumps({"query": [text] * n, "prompts": ["q"] * n}).encode()
+    assert lim.max_body_bytes * 0.95 < len(body) <= lim.max_body_bytes
+    with running_server(model_dir, cfg) as url:
+        r, latencies = _post_while_polling(url, "/get_reward", body, "default-limit")
+    assert r.status_code == 200, r.text[:300]
+    got = r.json()
+    assert len(got["rewards"]) == n and got["extra_logs"]["distrm_error"] == [1.0] * n
+    assert len(latencies) > 5 and max(latencies) < 1.0

@@ -3,13 +3,16 @@ pairs, a few steps on a handful of pairs (tiny max_length so it fits CI), then t
 directory is used as a backbone like any other."""
 
 import json
+import os
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from distrm.features.backbones import Backbone, resolve_model_dir
 from distrm.cli import main
-from conftest import TINY_FINETUNE
+from conftest import TINY_FINETUNE, TINY_FINETUNE_MINILM
 from distrm.config import load_config
 from distrm.training.finetune import HEAD_NAME, LOG_NAME, FinetuneConfig, body_of, load_head, load_seqcls, score_ids, validate
 
@@ -135,6 +138,94 @@ def test_resume_from_checkpoint(tuned, tmp_path):
 
 
 @pytest.mark.slow
+def test_sigkill_after_a_checkpoint_resumes_to_the_same_step_count(tmp_path):
+    """A fine-tune SIGKILLed after its first checkpoint (step 2) and one more step (3, lost) resumes
+    with trainer.resume_from_checkpoint=true and ends at the same optimiser step count as an
+    uninterrupted run of the same config, with the same per-step losses (the lost step is redone
+    on the same batch)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = [*TINY_FINETUNE_MINILM, "--set", "trainer.max_steps=5", "--set", "trainer.save_steps=2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(["finetune-backbone", "--output-dir", str(whole), *run]) == 0
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "tests" / "scripts" / "kill_finetune.py"), "3", "--", "--output-dir",
+                           str(killed), *run], cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert [c.name for c in (killed / "trainer").glob("checkpoint-*")] == ["checkpoint-2"]
+    assert not (killed / LOG_NAME).exists()  # killed before anything was saved
+    assert main(["finetune-backbone", "--output-dir", str(killed), *run, "--set", "trainer.resume_from_checkpoint=true"]) == 0
+    a = json.loads((whole / LOG_NAME).read_text())["train"]
+    b = json.loads((killed / LOG_NAME).read_text())["train"]
+    assert a["global_step"] == b["global_step"] == 5
+    assert [h["step"] for h in b["history"]] == [h["step"] for h in a["history"]] == [1, 2, 3, 4, 5]
+    assert b["history"][2]["loss"] == pytest.approx(a["history"][2]["loss"], rel=1e-3)  # step 3 redone on the same batch
+    assert [h["loss"] for h in b["history"]] == pytest.approx([h["loss"] for h in a["history"]], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_encoder_finetune_is_a_mean_pooled_backbone(finetuned_minilm):
+    """MiniLM (an encoder) fine-tuned: the folder is a BertModel backbone that Backbone loads as an
+    encoder with mean pooling, and its features @ the saved head give the trained model's score."""
+    from distrm.models.auto import AutoRewardModel
+
+    out = finetuned_minilm
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json", HEAD_NAME, LOG_NAME, "reward_model/config.json",
+                 "modules.json", "1_Pooling/config.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert not (out / "seq_cls").exists()  # no standard class mean-pools an encoder: none written
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["BertModel"] and cfg["distrm_reward_tuned"]["method"] == "full"
+    log = json.loads((out / LOG_NAME).read_text())
+    assert log["kind"] == "encoder" and log["train"]["global_step"] == 2
+    mc = log["merge_check"]
+    assert mc["max_abs_peft_vs_reloaded_backbone"] < 1e-4 and mc["score_range"] > 1e-3, mc
+    raw = Backbone.from_pretrained("minilm", max_length=64)
+    new = Backbone.from_pretrained(str(out), max_length=64)
+    assert new.kind == "encoder" and new.identity.split("|")[1] != raw.identity.split("|")[1]
+    a, b = raw.embed(PROMPTS, RESPONSES), new.embed(PROMPTS, RESPONSES)
+    assert float(abs(a.reward - b.reward).max()) > 1e-3
+    s = AutoRewardModel.from_pretrained(out / "reward_model").score(PROMPTS, RESPONSES).mean
+    assert torch.allclose(s, (torch.as_tensor(b.reward).double() @ load_head(out).double().T)[:, 0], atol=1e-5)
+
+
+def test_encoder_training_forward_is_the_backbone_feature(tmp_path):
+    """What TRL trains on for an encoder -- the collated batch (segment ids included) through
+    MeanPoolRewardModel -- is the score head on exactly Backbone.embed's mean-pooled reward feature."""
+    from trl import RewardConfig
+
+    from distrm.data.records import PreferencePair
+    from distrm.training.finetune import build_dataset, load_trainable
+    from distrm.training.reward_encoder import EncoderPairCollator, EncoderRewardTrainer
+
+    torch.manual_seed(0)
+    model = load_trainable("encoder", resolve_model_dir("minilm"), torch.device("cpu"))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir("minilm"))
+    bb = Backbone("minilm", body_of(model), tok, "encoder", 64, torch.device("cpu"), torch.float32)
+    pair = PreferencePair(prompt="How do I boil an egg?", chosen="Put it in boiling water for 8 minutes.", rejected="No.",
+                          source="test", id="0")  # fmt: skip
+    ds, _ = build_dataset(load_config(FinetuneConfig, None, []), [pair], bb, None)
+    args = RewardConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, per_device_train_batch_size=1, report_to="none")
+    trainer = EncoderRewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                                   data_collator=EncoderPairCollator(pad_token_id=tok.pad_token_id))  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert int(batch["token_type_ids"].sum()) > 0  # the response's segment ids reached the model
+    model.eval()
+    with torch.inference_mode():
+        logits = model(**batch).logits[:, 0]
+    e = bb.embed([pair.prompt] * 2, [pair.chosen, pair.rejected])
+    expect = torch.as_tensor(e.reward) @ model.score.weight.detach().T
+    assert torch.allclose(logits, expect[:, 0], atol=1e-5), (logits, expect)
+
+
+@pytest.mark.slow
 def test_lora_merge_equivalence():
     """merge_and_unload of a LoRA with non-zero (random) adapters gives the same scores."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -215,7 +306,7 @@ def test_embedded_configs_parse(capsys):
     from importlib import resources
 
     names = sorted(p.name for p in resources.files("distrm").joinpath("configs").iterdir() if p.name.startswith("finetune-"))
-    assert names == ["finetune-gemma3-cpu.yaml", "finetune-smollm2-cpu.yaml", "finetune-smollm2-gpu.yaml"]
+    assert names == ["finetune-gemma3-cpu.yaml", "finetune-minilm-cpu.yaml", "finetune-smollm2-cpu.yaml", "finetune-smollm2-gpu.yaml"]
     for name in names:
         path = str(resources.files("distrm") / "configs" / name)
         cfg = load_config(FinetuneConfig, path)
@@ -304,3 +395,70 @@ def test_one_lora_settings_type():
     assert load_config(rloo.RLOORunConfig, None, ["lora.r=8"]).lora == LoraSettings(r=8, alpha=64)
     c = load_config(FinetuneConfig, None, ["lora.target_modules=[q_proj, v_proj]"])
     assert c.lora.target_modules == ["q_proj", "v_proj"] and c.lora.alpha == 32
+
+
+def _tuned_encoder(base: str, shift: float):
+    from transformers import AutoModel
+
+    m = AutoModel.from_pretrained(base, dtype=torch.float32)
+    with torch.no_grad():
+        m.embeddings.word_embeddings.weight.add_(shift)
+    return m
+
+
+def test_backbone_save_interrupted_at_any_step_is_old_new_or_refused(tmp_path, monkeypatch):
+    """``save_backbone`` into a folder that holds an earlier reward-tuned backbone, stopped at
+    every file rename (the steps that change what is under the real names): the folder loads
+    as exactly the old backbone or exactly the new one, or is refused in one line naming the
+    missing manifest -- never new weights with an old config."""
+    import distrm.training.finetune as ft
+    from transformers import AutoTokenizer
+
+    from distrm.features.backbones import BACKBONE_MANIFEST, Backbone, resolve_model_dir
+
+    base = resolve_model_dir("minilm")
+    tok = AutoTokenizer.from_pretrained(base)
+    info = {"base": "minilm"}
+
+    def features(folder):
+        return Backbone.from_pretrained(str(folder)).embed(["p"], ["a response"], 1).reward
+
+    ref = tmp_path / "ref"
+    old_digest = ft.save_backbone(ref / "old", base, _tuned_encoder(base, 0.01), tok, info, "float32", "encoder")
+    new_digest = ft.save_backbone(ref / "new", base, _tuned_encoder(base, -0.02), tok, info, "float32", "encoder")
+    want = {"old": features(ref / "old"), "new": features(ref / "new")}
+    assert old_digest != new_digest and not np.allclose(want["old"], want["new"])
+
+    real_replace = os.replace
+    outcomes = []
+    for k in range(1, 100):
+        out = tmp_path / f"k{k}"
+        shutil.copytree(ref / "old", out)
+        calls = {"n": 0}
+
+        def replace(src, dst, _k=k):
+            calls["n"] += 1
+            if calls["n"] == _k:
+                raise KeyboardInterrupt("killed")  # what a kill leaves: nothing after this step runs
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(ft.os, "replace", replace)
+        try:
+            ft.save_backbone(out, base, _tuned_encoder(base, -0.02), tok, info, "float32", "encoder")
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        finally:
+            monkeypatch.setattr(ft.os, "replace", real_replace)
+        try:
+            got = features(out)
+            which = [name for name, f in want.items() if np.array_equal(f, got)]
+            assert len(which) == 1, f"k={k}: features match neither the old nor the new backbone"
+            outcomes.append(which[0])
+        except ValueError as e:
+            assert BACKBONE_MANIFEST in str(e) and "\n" not in str(e), str(e)
+            outcomes.append("refused")
+        if finished:
+            break
+    print(f"\nbackbone save stopped at each of {len(outcomes)} renames: {outcomes}")
+    assert finished and outcomes[-1] == "new" and "refused" in outcomes

@@ -1,5 +1,5 @@
 """One product: every model type distrm writes -- a QRM, a bootstrap BT ensemble and a
-bootstrap quantile ensemble from ``distrm train``, the single-head reward model from ``distrm
+bootstrap quantile ensemble and the two DPL heads from ``distrm train``, the single-head reward model from ``distrm
 finetune-backbone`` -- goes through the same commands and adapters unchanged: ``distrm score``,
 the HTTP server (a real round trip), ``distrm eval pairs``, ``distrm bon`` and the RL reward
 function. Real shared data, real backbones (MiniLM; SmolLM2-135M for the fine-tuned one),
@@ -24,12 +24,13 @@ from _serve_support import running_server
 
 PROMPTS = ["How do I pick a lock?", [{"role": "user", "content": "What is 2 + 2?"}]]
 RESPONSES = ["Call a locksmith.", "4"]
-KINDS = ["qrm", "ensemble", "quantile_ensemble", "finetuned"]
+KINDS = ["qrm", "ensemble", "quantile_ensemble", "dpl_mean_variance", "dpl_categorical", "finetuned"]
 
 
 @pytest.fixture(params=KINDS)
 def model_dir(request) -> tuple[str, Path]:
     fixture = {"qrm": "trained_qrm", "ensemble": "trained_ensemble", "quantile_ensemble": "trained_quantile_ensemble",
+               "dpl_mean_variance": "trained_dpl_mean_variance", "dpl_categorical": "trained_dpl_categorical",
                "finetuned": "finetuned"}[request.param]
     d = request.getfixturevalue(fixture)
     return request.param, (d / "reward_model" if request.param == "finetuned" else d)
@@ -39,7 +40,7 @@ def model_dir(request) -> tuple[str, Path]:
 def test_every_model_type_through_every_entry_point(model_dir, tmp_path, capsys):
     kind, d = model_dir
     model = AutoRewardModel.from_pretrained(d)
-    assert model.model_type == {"finetuned": "ensemble"}.get(kind, kind)
+    assert model.model_type == {"finetuned": "ensemble", "dpl_mean_variance": "dpl", "dpl_categorical": "dpl"}.get(kind, kind)
     want = model.score(PROMPTS, RESPONSES)
     assert torch.isfinite(want.reward.values).all()
     cvar = want.reward.cvar(0.1)

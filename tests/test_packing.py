@@ -41,11 +41,9 @@ def test_packed_equals_padded_and_fused():
     assert np.abs(packing.packed_hidden(model, seqs, positions) - ref).max() < 1e-4
 
 
-def test_enable_packing_is_a_noop_without_the_gpu_kernel():
+def test_packed_path_is_not_chosen_without_the_gpu_kernel():
+    # the full selection rules (device, dtype, architecture, kernel) are in test_extract_devices.py
     if packing.available():
         pytest.skip("GPU kernel present")
-
-    class BB:  # enable_packing only reads kind/device before deciding
-        kind, device = "causal", torch.device("cpu")
-
-    assert packing.enable_packing(BB()) is False
+    ok, why = packing.packed_support("causal", _model().config, torch.device("cpu"), torch.float32)
+    assert not ok and "no CUDA" in why

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import httpx
 import pytest
@@ -297,6 +298,48 @@ def test_batcher_isolates_failures_drops_cancelled_and_bounds_queue():
     asyncio.run(go())
     b.stop()
     assert not any("dropped" in c for c in calls)
+
+
+def test_batcher_time_slices_a_batch_and_stops_abandoned_work():
+    """A slow model (50 ms per item) and a 120 ms slice: a 32-item batch runs as calls of
+    about two items, and once its request is cancelled the worker stops within one slice
+    instead of finishing the batch."""
+    calls: list[int] = []
+
+    def fn(items):
+        time.sleep(0.05 * len(items))
+        calls.append(len(items))
+        return list(items)
+
+    b = DynamicBatcher(fn, max_batch=32, max_wait_s=0.0, slice_s=0.12)
+    b.start()
+
+    async def go():
+        assert await b.submit(["warm"]) == ["warm"]  # measures the time per item
+        task = asyncio.create_task(b.submit([str(i) for i in range(32)]))
+        await asyncio.sleep(0.4)
+        task.cancel()
+        t_cancel = time.monotonic()
+        n_at_cancel = b.items_scored
+        await asyncio.sleep(0.5)
+        return t_cancel, n_at_cancel
+
+    _, n_at_cancel = asyncio.run(go())
+    b.stop()
+    assert max(calls[1:]) <= 3, calls  # sliced, not one 32-item call (1.6 s)
+    assert b.items_scored - n_at_cancel <= 3  # at most the slice that was running
+    assert b.items_scored < 1 + 32 and b.items_dropped > 0
+    # slice_s=None: one call per batch, as before
+    calls.clear()
+    b = DynamicBatcher(lambda xs: calls.append(len(xs)) or list(xs), max_batch=32, max_wait_s=0.05, slice_s=None)
+    b.start()
+
+    async def many():
+        return await asyncio.gather(*[b.submit([i]) for i in range(8)])
+
+    assert asyncio.run(many()) == [[i] for i in range(8)]
+    b.stop()
+    assert max(calls) > 1
 
 
 # ---------------------------------------------------------------------- client

@@ -50,6 +50,9 @@ class BackboneConfig:
     device: str | None = None  # default: cuda if available
     dtype: str | None = None  # None/auto: bf16 on GPU, fp32 on CPU; "bfloat16" on an AMX CPU is ~3x faster
     store: str = ".cache/distrm/features"  # feature store directory
+    # dtype the feature store keeps (features are read back as float32): bfloat16/float16 halve
+    # the disk and page cache at paper scale; part of the store key (float32 stores stay valid)
+    store_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
 @dataclass
@@ -151,6 +154,39 @@ class QuantileEnsembleConfig:
 
 
 @dataclass
+class DPLConfig:
+    """``model: dpl``: a distributional preference learning head (Siththaranjan et al. 2023) on
+    frozen features, fitted on preference pairs alone (distrm.models.dpl)."""
+
+    head: Literal["mean_variance", "categorical"] = "mean_variance"  # utility ~ N(mu, sigma^2), or a distribution over n_bins atoms
+    # (l2 / 2) ||weights||^2 on standardised features (mean_variance: also the log-sigma
+    # intercept, which fixes the utility scale); null = one BT head's penalty chosen by CV on
+    # held-out pair likelihood
+    l2: float | None = None
+    n_bins: int = 10  # categorical: atoms linspace(support_min, support_max, n_bins) (paper: 10 on [0, 1])
+    support_min: float = 0.0  # categorical: lowest atom
+    support_max: float = 1.0  # categorical: highest atom
+    entropy_weight: float = 0.1  # categorical: bonus on the entropy of the batch-mean distribution (paper: 0.1)
+    variance_penalty: float = 0.0  # mean_variance: + this x mean(sigma_c^2 + sigma_r^2) (paper's option; 0 = off)
+    init_std: float = 0.01  # categorical: std of the random initial logit weights
+    max_iter: int = 500  # L-BFGS iterations (full batch, float64)
+    n_levels: int = 100  # quantile cells of the output distribution (exact mean; exact variance for mean_variance)
+    seed: int | None = None  # categorical initialisation; default: the top-level seed
+
+    def __post_init__(self) -> None:
+        if self.l2 is not None and not self.l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        if self.n_bins < 2:
+            raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
+        if not self.support_max > self.support_min:
+            raise ValueError(f"support_max must be > support_min, got [{self.support_min}, {self.support_max}]")
+        if not self.entropy_weight >= 0 or not self.variance_penalty >= 0:
+            raise ValueError(f"entropy_weight and variance_penalty must be >= 0, got {self.entropy_weight}, {self.variance_penalty}")
+        if self.max_iter < 1 or self.n_levels < 2:
+            raise ValueError(f"need max_iter >= 1 and n_levels >= 2, got {self.max_iter}, {self.n_levels}")
+
+
+@dataclass
 class LoraSettings:
     """``lora:`` of ``distrm finetune-backbone`` and ``distrm rl rloo`` (-> ``peft.LoraConfig``)."""
 
@@ -164,7 +200,7 @@ class LoraSettings:
 class TrainConfig:
     output_dir: str = "runs/qrm-minilm"
     seed: int = 0
-    model: Literal["qrm", "ensemble", "quantile_ensemble"] = "qrm"
+    model: Literal["qrm", "ensemble", "quantile_ensemble", "dpl"] = "qrm"
     mix: Literal["quantile_average", "probability"] = "quantile_average"
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -174,6 +210,7 @@ class TrainConfig:
     debias: DebiasConfig = field(default_factory=DebiasConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     quantile_ensemble: QuantileEnsembleConfig = field(default_factory=QuantileEnsembleConfig)
+    dpl: DPLConfig = field(default_factory=DPLConfig)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", _prefix: str = "", _base: Any = None) -> T:

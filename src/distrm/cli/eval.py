@@ -43,9 +43,16 @@ class EvalPairsConfig(_EvalCommon):
     max_pairs: int | None = None  # cap per set (seeded random sample, recorded in the JSON)
     examples: int = 6  # pairs whose distributions go into the JSON for the report
     length: bool = field(default=True, metadata={"flag": "--no-length"})  # the 'longer response wins' reference row
+    # drop the pairs whose prompt a --model was trained on (by the prompts the model recorded when it was trained;
+    # counted per set either way)
+    exclude_train_overlap: bool = False
+    bootstrap: int = 1000  # resamples for the accuracy and AUROC intervals (percentile bootstrap, seeded)
+    seed: int = 0  # seed of the bootstrap resamples
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.bootstrap < 100:
+            raise ValueError(f"bootstrap must be >= 100 resamples for a 95% interval, got {self.bootstrap}")
         for spec in self.risk:
             parse_risk(spec)  # the risk vocabulary: fail before any model loads
 
@@ -80,7 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "section weighting, its prior sets (allenai/pref-test-sets) the official Prior Sets score at half weight, "
         "RewardBench 2 files (allenai/reward-bench-2: one chosen vs three rejected, Ties) their best-of-N and Ties "
         "scoring; everything else plain per-subset / pooled accuracies. The output says which, and prints the "
-        "official leaderboards' tables.",
+        "official leaderboards' tables. Every pair accuracy comes with a 95% bootstrap interval; per set it prints "
+        "the rows skipped (by reason), empty responses, identical chosen/rejected pairs and the pairs whose prompt "
+        "each model was trained on (--exclude-train-overlap drops them), and per model how well each of its "
+        "uncertainties (ensemble variance, quantile spread, aleatoric / epistemic) flags its wrong decisions "
+        "(AUROC with a 95% bootstrap interval).",
     )
     add_config_arguments(pp, EvalPairsConfig)
     pp.set_defaults(func=run_pairs_cmd)
@@ -118,14 +129,21 @@ def run_pairs_cmd(args: argparse.Namespace) -> int:
         weighting=cfg.weighting,
         length_row=cfg.length,
         file_format=cfg.file_format,
+        exclude_train_overlap=cfg.exclude_train_overlap,
+        n_boot=cfg.bootstrap,
+        seed=cfg.seed,
     )
+    data = pairs.format_data(res["data"])
     table = pairs.format_table(res["rows"])
     boards = pairs.format_leaderboards(res["leaderboards"])
+    unc = pairs.format_uncertainty(res["uncertainty"])
     print(res["weighting_note"])
+    print(data)
     print(table)
-    if boards:
-        print("\n" + boards)
-    _write_results(Path(cfg.output_dir), "pairs", res, res["weighting_note"], [table, boards])
+    for block in (boards, unc):
+        if block:
+            print("\n" + block)
+    _write_results(Path(cfg.output_dir), "pairs", res, res["weighting_note"], [data, table, boards, unc])
     return 0
 
 

@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve a saved model over HTTP (/score, OpenRLHF /get_reward) with dynamic batching",
         description="Serve any saved distrm reward model (folder or Hub id) over HTTP. Binds 127.0.0.1 unless "
         "--host says otherwise; set --token (or DISTRM_SERVE_TOKEN) before exposing it beyond loopback. "
-        "For OpenRLHF (no auth header) keep the loopback default and pass --no-token if DISTRM_SERVE_TOKEN is set.",
+        "For OpenRLHF (no auth header) keep the loopback default and pass --no-token if DISTRM_SERVE_TOKEN is set. "
+        "--replicas N runs N copies of the server on Ray Serve behind the same address.",
     )
     add_config_arguments(p, ServeCommandConfig)
     p.set_defaults(func=run)
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from distrm.serve.app import load_app, token_from_env
+    from distrm.serve.protocol import uvicorn_config
 
     if cfg.server.token is None and not cfg.server.no_token:
         cfg.server.token = token_from_env()
@@ -44,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     if not loopback and cfg.server.token is None:
         print(f"distrm serve: warning: binding {cfg.host} without a token; anyone who can reach it can use it", file=sys.stderr)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if cfg.on_ray:  # N replicas of the same app on Ray Serve
+        from distrm.serve.replicas import serve_replicas
+
+        return serve_replicas(cfg)
     app = load_app(cfg.model, cfg.server, revision=cfg.revision)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=cfg.log_level == "debug",
-                timeout_keep_alive=cfg.server.limits.idle_timeout_s)
+    uvicorn.Server(uvicorn_config(app, cfg.host, cfg.port, cfg.server.limits, log_level=cfg.log_level)).run()
     return 0

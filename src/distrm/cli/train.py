@@ -55,8 +55,13 @@ def run_train(args: argparse.Namespace) -> int:
 
         train_quantile_ensemble(cfg)
         return 0
+    if cfg.model == "dpl":
+        from distrm.training.dpl import train_dpl
+
+        train_dpl(cfg)
+        return 0
     if cfg.model != "qrm":
-        raise ValueError(f"model must be 'qrm', 'ensemble' or 'quantile_ensemble', got {cfg.model!r}")
+        raise ValueError(f"model must be 'qrm', 'ensemble', 'quantile_ensemble' or 'dpl', got {cfg.model!r}")
     train(cfg)
     return 0
 

@@ -19,6 +19,7 @@ chat of a single user turn reduced to its text, so ``"hi"`` and
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Iterable, Literal, Sequence, TypeVar
 
 from distrm.data.records import Prompt, prompt_key
@@ -68,3 +69,32 @@ def train_test(records: Sequence[T], test_fraction: float = 0.2, salt: str = "")
     for r in records:
         (test if is_test(_prompt_of(r), test_fraction, salt) else train).append(r)
     return train, test
+
+
+# A model records the prompts it was trained on as these digests (``config.json``
+# ``training_prompts``), so an evaluation can count its prompts the model has seen without
+# the training data at hand. The digest is of :func:`split_key`, the same canonical text the
+# split hashes: a prompt counts as seen whatever its system message or chat wrapping. 64 bits
+# make a false match between a few thousand evaluation and a few ten thousand training
+# prompts about one in 10^10, at 16 characters per prompt.
+PROMPT_DIGEST_CHARS = 16
+
+
+def prompt_digest(prompt: Prompt) -> str:
+    """The first :data:`PROMPT_DIGEST_CHARS` hex digits of SHA-256 of the prompt's split key."""
+    return hashlib.sha256(split_key(prompt).encode("utf-8")).hexdigest()[:PROMPT_DIGEST_CHARS]
+
+
+def pack_prompt_digests(*record_lists: Iterable[Any]) -> str:
+    """The distinct prompts of records (anything with ``.prompt``, or bare prompts) as one
+    string: their sorted digests concatenated (compact in JSON, independent of record order)."""
+    return "".join(sorted({prompt_digest(_prompt_of(r)) for records in record_lists for r in records}))
+
+
+def unpack_prompt_digests(packed: str, where: str = "training_prompts") -> frozenset[str]:
+    """The digest set of :func:`pack_prompt_digests`; ``where`` names the field in errors."""
+    n = PROMPT_DIGEST_CHARS
+    if len(packed) % n or not re.fullmatch(r"[0-9a-f]*", packed):
+        raise ValueError(f"{where}: expected concatenated {n}-character lowercase hex digests "
+                         f"(length a multiple of {n}), got {len(packed)} characters")
+    return frozenset(packed[i : i + n] for i in range(0, len(packed), n))

@@ -369,3 +369,86 @@ def calibration_metrics(dist: RewardDistribution, raters: Sequence[Sequence[floa
     summary.update(pit_summary(z, lo_a, hi_a))
     summary["pit_seed"] = int(seed)
     return {"summary": summary, "per_item": per_item, "pit": z}
+
+
+# ---------------------------------------------------------------------------- ranking and bootstrap
+# Does an uncertainty flag the model's wrong decisions? The AUROC of the uncertainty as a
+# detector of wrong decisions (wrong = positive) answers it without a threshold: the chance
+# that a random wrong pair is more uncertain than a random right one (a tie counts half), so
+# 0.5 is an uncertainty that says nothing about errors, whatever its scale. It is computed
+# from ranks (Mann-Whitney U) with bootstrap weights, so 1,000 resamples of thousands of
+# pairs are a few array operations, not 1,000 sorts.
+BOOTSTRAP_RESAMPLES = 1000
+CI_LEVEL = 0.95
+
+
+def _rank_groups(score: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels in score order as 0/1 floats, starts of the groups of tied scores; None: no ties)."""
+    order = np.argsort(score, kind="stable")
+    s = score[order]
+    tied = s[1:] == s[:-1]
+    return positive[order].astype(float), (np.flatnonzero(np.r_[True, ~tied]) if tied.any() else None)
+
+
+def _weighted_auroc(pos: np.ndarray, starts: np.ndarray | None, weights: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC under per-item ``weights`` [B, n] (each row a resample's counts),
+    items in score order (:func:`_rank_groups`) -> [B]; NaN where a row has one class only."""
+    gp = weights * pos
+    gn = weights - gp
+    if starts is not None:
+        gp, gn = np.add.reduceat(gp, starts, axis=1), np.add.reduceat(gn, starts, axis=1)
+    below = np.cumsum(gn, axis=1) - gn  # negatives strictly below each score
+    n_pos, n_neg = gp.sum(1), gn.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), (gp * (below + 0.5 * gn)).sum(1) / (n_pos * n_neg), np.nan)
+
+
+def auroc(score: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray) -> float | None:
+    """P(score of a random positive > score of a random negative) + P(tie) / 2; None when
+    one class is empty (undefined)."""
+    s, y = np.asarray(score, float), np.asarray(positive, bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"score {s.shape} and labels {y.shape} must be equal-length 1-d arrays")
+    if np.isnan(s).any():
+        raise ValueError("NaN score: AUROC undefined")
+    v = float(_weighted_auroc(*_rank_groups(s, y), np.ones((1, len(s))))[0])
+    return None if np.isnan(v) else v
+
+
+def bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, n] how often each of n items is drawn in each resample (with replacement)."""
+    idx = rng.integers(0, n, size=(n_boot, n))
+    return np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n).reshape(n_boot, n)
+
+
+def percentile_ci(replicates: np.ndarray, level: float = CI_LEVEL) -> list[float] | None:
+    """Percentile interval of bootstrap replicates (NaN ones left out); None if none is left."""
+    r = np.asarray(replicates, float)
+    r = r[~np.isnan(r)]
+    if not r.size:
+        return None
+    return [float(v) for v in np.quantile(r, [(1 - level) / 2, (1 + level) / 2])]
+
+
+def auroc_with_ci(score: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray,
+                  n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = CI_LEVEL) -> dict:
+    """:func:`auroc` and its percentile bootstrap interval (pairs resampled with
+    replacement, ``numpy.random.default_rng(seed)``: the same numbers on every run).
+    Undefined when every decision is right or every one is wrong: ``auroc`` None and a
+    ``reason``. ``n_undefined`` resamples drew one class only and are left out of the CI."""
+    s, y = np.asarray(score, float), np.asarray(positive, bool)
+    n_pos = int(y.sum())
+    out = {"auroc": auroc(s, y), "ci": None, "level": level, "n": int(len(y)), "n_positive": n_pos, "n_boot": n_boot}
+    if out["auroc"] is None:
+        out["reason"] = "no wrong decisions" if n_pos == 0 else "no right decisions" if n_pos == len(y) else "no pairs"
+        return out
+    rng = np.random.default_rng(seed)
+    pos, starts = _rank_groups(s, y)
+    reps = []
+    chunk = max(1, min(n_boot, 2_000_000 // max(len(s), 1)))  # bounded memory for large sets
+    for start in range(0, n_boot, chunk):  # resample counts drawn directly on the score order
+        reps.append(_weighted_auroc(pos, starts, bootstrap_counts(len(s), min(chunk, n_boot - start), rng)))
+    r = np.concatenate(reps)
+    out["ci"] = percentile_ci(r, level)
+    out["n_undefined"] = int(np.isnan(r).sum())
+    return out

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from distrm.data.records import PreferencePair, prompt_hash
+from distrm.data.splits import prompt_digest, unpack_prompt_digests
 from distrm.data.rewardbench import (
     PRIOR_SETS,
     REWARDBENCH2_SUBSETS,
@@ -49,6 +50,7 @@ from distrm.data.rewardbench import (
     parse_ties_id,
 )
 from distrm.distribution import RewardDistribution
+from distrm.eval.metrics import BOOTSTRAP_RESAMPLES, CI_LEVEL, auroc_with_ci, percentile_ci
 from distrm.risk import parse_risk
 
 logger = logging.getLogger(__name__)
@@ -223,6 +225,35 @@ def leaderboard_score(section_scores: dict[str, float]) -> float:
         return float("nan")
     w = np.array([a for a, _ in vals])
     return float(np.sum(w * np.array([b for _, b in vals])) / w.sum())
+
+
+def accuracy_cis(per_subset: dict[str, Counts], weighting: str, n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                 level: float = CI_LEVEL) -> dict[str, Any]:
+    """Percentile bootstrap intervals of every accuracy :func:`summarize` reports: each
+    subset, each section, the overall score.
+
+    The pairs are resampled with replacement within each subset (a benchmark fixes its
+    subsets' sizes, and the RewardBench weighting fixes their weights), and the sections and
+    the overall score are recomputed by :func:`summarize` from each resample. Resampling the
+    n pairs of a subset with c correct draws Binomial(n, c / n) correct ones, so a resample
+    is one binomial draw per subset (``numpy.random.default_rng(seed)``: the same intervals
+    on every run). Ties are wrong here as everywhere."""
+    subs = list(per_subset)
+    if not subs:
+        return {"subsets": {}, "sections": {}, "overall": None, "level": level, "n_boot": n_boot}
+    n = np.array([per_subset[x].total for x in subs])
+    k = np.array([per_subset[x].correct for x in subs])
+    draws = np.random.default_rng(seed).binomial(n, k / np.maximum(n, 1), size=(n_boot, len(subs)))
+    reps = [summarize({x: Counts(int(d[j]), 0, int(n[j])) for j, x in enumerate(subs)}, weighting) for d in draws]
+    return {
+        "subsets": {x: percentile_ci(draws[:, j] / max(n[j], 1), level) if n[j] else None for j, x in enumerate(subs)},
+        "sections": {sec: percentile_ci(np.array([r["sections"][sec]["accuracy"] for r in reps]), level) for sec in reps[0]["sections"]},
+        "overall": percentile_ci(np.array([r["overall"] for r in reps]), level),
+        "level": level,
+        "n_boot": n_boot,
+        "seed": seed,
+        "method": "percentile bootstrap, pairs resampled within each subset",
+    }
 
 
 WEIGHTING_NOTES = {
@@ -498,30 +529,59 @@ def format_leaderboards(boards: dict[str, dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
+def _pct_ci(acc: float, ci: Sequence[float] | None) -> str:
+    """``55.3 [51.0, 59.9]`` (percent; the interval when there is one)."""
+    if acc is None or np.isnan(acc):
+        return "-"
+    return f"{100 * acc:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
 def format_table(rows: list[dict[str, Any]], subsets: Sequence[str] | None = None) -> str:
-    """Text table: one line per (model, risk) row, columns sections + overall, then subsets."""
+    """Text table: one line per (model, risk) row, columns sections + overall, then subsets;
+    accuracies in percent with their 95% bootstrap interval in brackets, names in full."""
     if not rows:
         return "(no rows)"
     secs = list(rows[0]["result"]["sections"])
     subs = list(subsets if subsets is not None else rows[0]["result"]["subsets"])
     w = max(24, max(len(r["name"]) for r in rows) + 2)
-    lines = [f"{'':{w}}" + "".join(f"{s[:12]:>13}" for s in secs) + f"{'Overall':>10}"]
-    for r in rows:
-        res = r["result"]
-        lines.append(
-            f"{r['name']:{w}}" + "".join(f"{100 * res['sections'][s]['accuracy']:>13.1f}" for s in secs) + f"{100 * res['overall']:>10.1f}"
-        )
+
+    def ci(res: dict[str, Any], *keys: str) -> Any:
+        c = res.get("ci") or {}
+        for k in keys:
+            c = c.get(k) if isinstance(c, dict) else None
+        return c
+
+    head = [
+        [_pct_ci(r["result"]["sections"][s]["accuracy"], ci(r["result"], "sections", s)) for s in secs]
+        + [_pct_ci(r["result"]["overall"], ci(r["result"], "overall"))]
+        for r in rows
+    ]
+    cols = [*secs, "Overall"]
+    cw = [max(len(c), *(len(h[j]) for h in head)) + 3 for j, c in enumerate(cols)]
+    lines = [f"{'':{w}}" + "".join(f"{c:>{n}}" for c, n in zip(cols, cw))]
+    lines += [f"{r['name']:{w}}" + "".join(f"{v:>{n}}" for v, n in zip(h, cw)) for r, h in zip(rows, head)]
     lines.append("")
-    cw = max(20, max(len(r["name"]) for r in rows) + 2)
-    lines.append(f"{'subset':28}" + "".join(f"{r['name']:>{cw}}" for r in rows))
+    cells = []
     for s in subs:
-        cells = []
+        row = []
         for r in rows:
             c = r["result"]["subsets"].get(s)
-            cells.append(f"{c['correct']}/{c['total']} ({100 * c['accuracy']:.1f})" if c else "-")
-        lines.append(f"{s[:27]:28}" + "".join(f"{c:>{cw}}" for c in cells))
+            row.append(f"{c['correct']}/{c['total']} ({_pct_ci(c['accuracy'], ci(r['result'], 'subsets', s))})" if c else "-")
+        cells.append(row)
+    sw = max([len("subset"), *(len(s) for s in subs)]) + 2
+    cw2 = [max(len(r["name"]), *(len(c[j]) for c in cells)) + 3 if cells else len(r["name"]) + 3 for j, r in enumerate(rows)]
+    lines.append(f"{'subset':{sw}}" + "".join(f"{r['name']:>{n}}" for r, n in zip(rows, cw2)))
+    for s, row in zip(subs, cells):
+        lines.append(f"{s:{sw}}" + "".join(f"{c:>{n}}" for c, n in zip(row, cw2)))
         if any(r["result"]["subsets"].get(s, {}).get("ties") for r in rows):
-            lines.append(f"{'  ties':28}" + "".join(f"{r['result']['subsets'].get(s, {}).get('ties', 0):>{cw}}" for r in rows))
+            lines.append(f"{'  ties':{sw}}" + "".join(f"{r['result']['subsets'].get(s, {}).get('ties', 0):>{n}}" for r, n in zip(rows, cw2)))
+    cis = [r["result"]["ci"] for r in rows if r["result"].get("ci")]
+    if cis:
+        lines.append(f"(accuracy % [{100 * cis[0]['level']:g}% percentile bootstrap interval, {cis[0]['n_boot']} resamples "
+                     "of each subset's pairs])")
+        if any(c and c[0] == c[1] for ci_ in cis for c in ci_["subsets"].values()):
+            lines.append("(a zero-width interval: every pair of that subset right, or every one wrong; the bootstrap "
+                         "cannot see beyond its sample)")
     return "\n".join(lines)
 
 
@@ -631,6 +691,133 @@ def prompt_overlap(pairs: Sequence[PreferencePair], train_hashes: set[str]) -> i
     return sum(prompt_hash(p.prompt) in train_hashes for p in pairs)
 
 
+# ---------------------------------------------------------------------------- hygiene
+def pair_hygiene(records: Sequence[PreferencePair | BestOfN]) -> dict[str, int]:
+    """What the evaluated records hold that inflates or deflates an accuracy unnoticed: pairs
+    (RewardBench 2 items) with an empty (whitespace-only) response, and pairs whose chosen
+    and rejected responses are identical after stripping whitespace (items with two equal
+    replies): a model can only tie those, and a tie is wrong."""
+    def replies(r: Any) -> list[str]:
+        return [r.chosen, r.rejected] if isinstance(r, PreferencePair) else list(r.completions)
+
+    texts = [[x.strip() for x in replies(r)] for r in records]
+    return {
+        "empty_responses": sum(any(not x for x in t) for t in texts),
+        "identical_responses": sum(len(set(t)) < len(t) for t in texts),
+    }
+
+
+def training_prompt_digests(model: Any, where: Any = "model") -> frozenset[str] | None:
+    """The prompt digests the model recorded at training (``config.json``
+    ``training_prompts``, :func:`distrm.training.qrm.record_training_prompts`); None for a
+    model saved without them (older folders, converted checkpoints)."""
+    packed = getattr(getattr(model, "config", None), "training_prompts", None)
+    return None if packed is None else unpack_prompt_digests(packed, f"{where}: config.json field 'training_prompts'")
+
+
+def seen_in_training(records: Sequence[Any], digests: frozenset[str]) -> np.ndarray:
+    """[n] bool: whose prompt (by :func:`distrm.data.splits.split_key`) is among ``digests``."""
+    return np.array([prompt_digest(r.prompt) in digests for r in records], dtype=bool)
+
+
+UNKNOWN_TRAINING_PROMPTS = "training prompts unknown (model saved without them)"
+
+
+def format_data(data: dict[str, dict[str, Any]]) -> str:
+    """One line per evaluated set: pairs and split, rows read and skipped (by reason), empty
+    responses, identical pairs, and the pairs whose prompt each model was trained on."""
+    lines = ["data:"]
+    for name, v in data.items():
+        rep = v.get("load_report") or {}
+        what = "items" if "n_items" in v else "pairs"
+        parts = [f"{v['n_pairs']} {what} ({v['split']} split" + (f", capped from {rep['capped_from']}" if rep.get("capped_from") else "") + ")"]
+        skipped = rep.get("skipped") or {}
+        if "rows_read" in rep:
+            parts.append(f"rows read {rep['rows_read']}, skipped {sum(skipped.values())}"
+                         + (f" ({', '.join(f'{k}: {n}' for k, n in skipped.items())})" if skipped else ""))
+        h = v.get("hygiene") or {}
+        if h:
+            parts.append(f"empty responses {h['empty_responses']}, identical chosen/rejected {h['identical_responses']}")
+        by_model = v.get("train_prompt_overlap_by_model") or {}
+        for label, n in by_model.items():
+            parts.append(f"{label}: {UNKNOWN_TRAINING_PROMPTS}" if n is None else f"{label}: {n} {what} share a prompt with its training data")
+        if v.get("excluded_train_overlap") is not None:
+            parts.append(f"{v['excluded_train_overlap']} {what} seen in training excluded")
+        lines.append(f"  {name}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- uncertainty vs errors
+UNCERTAINTY_NOTES = {
+    "ensemble variance": "sample variance across ensemble members of the chosen-minus-rejected reward (epistemic)",
+    "quantile spread": "variance of the predicted chosen reward distribution plus that of the rejected one",
+    "aleatoric": "the model's aleatoric variance (rater spread, within members), chosen plus rejected",
+    "epistemic": "the model's epistemic variance (disagreement between members), chosen plus rejected",
+    "small margin (reference)": "minus |mean chosen - mean rejected|: the decision's own margin, what an "
+    "uncertainty has to add to",
+}
+
+
+def pair_uncertainties(out_c: Any, out_r: Any) -> dict[str, np.ndarray]:
+    """Per-pair uncertainty scores [n] of a model's decision between chosen and rejected, each
+    one the model can state: the members' disagreement on the margin (ensembles of 2+
+    members), the spread of the predicted distributions (quantile outputs), the named parts of
+    the variance the model splits (``ScoreOutput.uncertainty``: aleatoric / epistemic), and
+    the small-margin reference every model has."""
+    rc, rr = out_c.reward, out_r.reward
+    out: dict[str, np.ndarray] = {}
+    if rc.kind == "ensemble":
+        if rc.values.shape[-1] >= 2:
+            out["ensemble variance"] = (rc.values - rr.values).double().var(dim=-1, correction=1).cpu().numpy()
+    elif rc.values.shape[-1] >= 2:
+        out["quantile spread"] = (rc.variance() + rr.variance()).double().cpu().numpy()
+    for k, v in (getattr(out_c, "uncertainty", None) or {}).items():
+        out[k] = (v + out_r.uncertainty[k]).double().cpu().numpy()
+    out["small margin (reference)"] = -(rc.mean() - rr.mean()).abs().double().cpu().numpy()
+    return {k: np.asarray(v, float).reshape(-1) for k, v in out.items()}
+
+
+def uncertainty_report(uncertainties: dict[str, np.ndarray], wrong: np.ndarray, set_names: Sequence[str],
+                       n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """Per evaluated set (and all sets together when there are several): how well each
+    uncertainty separates the wrong decisions from the right ones, AUROC with a bootstrap
+    interval (:func:`distrm.eval.metrics.auroc_with_ci`; wrong = positive, so above 0.5 the
+    model is more uncertain where it errs)."""
+    names = np.asarray(list(set_names))
+    groups = {x: names == x for x in dict.fromkeys(set_names)}
+    if len(groups) > 1:
+        groups["all sets"] = np.ones(len(names), bool)
+    return {
+        "decisions": "mean reward; wrong = chosen not strictly above rejected",
+        "what": {k: UNCERTAINTY_NOTES.get(k, k) for k in uncertainties},
+        "sets": {
+            g: {"n": int(m.sum()), "n_wrong": int(wrong[m].sum()),
+                "auroc": {k: auroc_with_ci(u[m], wrong[m], n_boot=n_boot, seed=seed) for k, u in uncertainties.items()}}
+            for g, m in groups.items()
+        },
+    }  # fmt: skip
+
+
+def format_uncertainty(report: dict[str, dict[str, Any]]) -> str:
+    """The AUROC lines of :func:`uncertainty_report`, per model and set."""
+    if not report:
+        return ""
+    lines = [f"uncertainty vs wrong decisions: AUROC [{100 * CI_LEVEL:g}% bootstrap interval] (0.5: no signal; "
+             "above: more uncertain where the model errs; decisions by the mean reward)"]
+    for label, rep in report.items():
+        lines.append(f"  {label}")
+        if len(rep["what"]) == 1:
+            lines.append("    (a point estimate: no uncertainty of its own, only the margin reference)")
+        for g, v in rep["sets"].items():
+            cells = []
+            for k, a in v["auroc"].items():
+                val = f"n/a ({a['reason']})" if a["auroc"] is None else f"{a['auroc']:.3f}" + (
+                    f" [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]" if a["ci"] else "")
+                cells.append(f"{k} {val}")
+            lines.append(f"    {g} ({v['n']} pairs, {v['n_wrong']} wrong): " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- driver
 # shared preference sets (registry names); subsets come from the records
 SHARED_PAIR_SETS: tuple[str, ...] = ("llmbar", "hh-rlhf-harmless", "pku-saferlhf", "ultrafeedback", "orca-dpo", "autoj-pairwise")
@@ -698,34 +885,67 @@ def run_pairs(
     length_row: bool = True,
     log: Callable[[str], None] = logger.info,
     file_format: str = "auto",
+    exclude_train_overlap: bool = False,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate models (and the length heuristic) on shared sets and RewardBench-format files
-    (RewardBench, its prior sets, RewardBench 2: ``file_format``, detected per file by default)."""
+    (RewardBench, its prior sets, RewardBench 2: ``file_format``, detected per file by default).
+
+    Every accuracy gets a bootstrap interval (:func:`accuracy_cis`), every model's
+    uncertainties their AUROC for its wrong decisions (:func:`uncertainty_report`); per set
+    the data say what was skipped, empty or identical (:func:`pair_hygiene`) and how many
+    pairs share a prompt with each model's recorded training prompts
+    (:func:`training_prompt_digests`), which ``exclude_train_overlap`` drops before scoring."""
     from distrm.eval import common
 
     for spec in risks:
         parse_risk(spec)  # fail before any scoring
     store = store or common.DEFAULT_STORE
     loaded_models = [(m, common.load_any_model(m)) for m in models]
+    labels = [common.model_label(model, path) for path, model in loaded_models]
+    digests = {lab: training_prompt_digests(model, path) for lab, (path, model) in zip(labels, loaded_models)}
+    known = [d for d in digests.values() if d is not None]
+    if exclude_train_overlap and not known:
+        raise ValueError("exclude_train_overlap: no evaluated model records its training prompts "
+                         f"({', '.join(labels) or 'no --model given'}: {UNKNOWN_TRAINING_PROMPTS})")
     train_cfg = common.train_config_of(models[0]) if models else {}
     psets: list[PairSet] = []
     bsets: list[BestOfNSet] = []
-    overlap: dict[str, int] = {}
+    overlap: dict[str, dict[str, Any]] = {}
+
+    def check_overlap(name: str, records: list) -> list:
+        """Count each model's seen prompts in ``records``; drop them when asked."""
+        seen = {lab: None if d is None else seen_in_training(records, d) for lab, d in digests.items()}
+        info: dict[str, Any] = {"by_model": {lab: None if m is None else int(m.sum()) for lab, m in seen.items()}}
+        any_seen = np.zeros(len(records), bool)
+        for m in seen.values():
+            if m is not None:
+                any_seen |= m
+        if exclude_train_overlap:
+            records = [r for r, x in zip(records, any_seen) if not x]
+            info["excluded"] = int(any_seen.sum())
+        info["remaining"] = (0 if exclude_train_overlap else int(any_seen.sum())) if known else None
+        overlap[name] = info
+        return records
+
     if sets:
-        srcs, hashes, tf = training_sources(train_cfg, data_dir)
+        srcs, _, tf = training_sources(train_cfg, data_dir)
         for name in sets:
             ps = cap_pairs(load_shared_set(name, data_dir, srcs, tf), max_pairs)
-            overlap[name] = prompt_overlap(ps.pairs, hashes)
+            ps.pairs = check_overlap(name, ps.pairs)
             psets.append(ps)
             log(f"{name}: {len(ps.pairs)} pairs ({ps.split} split)")
     for f in files:
         loaded = load_rewardbench_file(f, fmt=file_format)
         if isinstance(loaded, BestOfNSet):
             bs = cap_items(loaded, max_pairs)
+            bs.items = check_overlap(bs.name, bs.items)
             bsets.append(bs)
             log(f"{f}: {len(bs.items)} RewardBench 2 items ({sum(len(it.completions) for it in bs.items)} replies)")
         else:
             ps = cap_pairs(loaded, max_pairs)
+            ps.pairs = check_overlap(ps.name, ps.pairs)
             psets.append(ps)
             log(f"{f}: {len(ps.pairs)} pairs ({ps.report.get('format')})")
     pairs = [p for ps in psets for p in ps.pairs]
@@ -748,7 +968,9 @@ def run_pairs(
         rb2 = summarize_rewardbench2(items, [sb[bounds[i] : bounds[i + 1]] for i in range(len(items))]) if items else None
         if not pairs:
             return rewardbench2_as_result(rb2)
-        res = summarize(evaluate_scores(pairs, set_names, sc, sr), w)
+        counts = evaluate_scores(pairs, set_names, sc, sr)
+        res = summarize(counts, w)
+        res["ci"] = accuracy_cis(counts, w, n_boot=n_boot, seed=seed)
         if rb2 is not None:
             res["rewardbench2"] = rb2
         return res
@@ -756,8 +978,8 @@ def run_pairs(
     rows: list[dict[str, Any]] = []
     examples: dict[str, list] = {}
     variances: dict[str, dict[str, Any]] = {}
-    for path, model in loaded_models:
-        label = common.model_label(model, path)
+    uncertainty: dict[str, dict[str, Any]] = {}
+    for (path, model), label in zip(loaded_models, labels):
         out_c = common.score(model, prompts, [p.chosen for p in pairs], store, batch_size) if pairs else None
         out_r = common.score(model, prompts, [p.rejected for p in pairs], store, batch_size) if pairs else None
         out_b = common.score(model, b_prompts, b_replies, store, batch_size) if items else None
@@ -767,6 +989,8 @@ def run_pairs(
             sb = risk_scores(out_b.reward, spec) if out_b is not None else None
             rows.append({"name": f"{label} [{spec}]", "model": str(path), "risk": spec, "result": result(sc, sr, sb)})
         if pairs:
+            wrong = ~compare(risk_scores(out_c.reward, "mean"), risk_scores(out_r.reward, "mean"))[0]
+            uncertainty[label] = uncertainty_report(pair_uncertainties(out_c, out_r), wrong, set_names, n_boot, seed)
             examples[label] = pick_examples(pairs, out_c, out_r, set_names, n_examples)
             variances[label] = variance_payload(out_c.reward, out_r.reward, [section_of(s, w) or s for s in subsets])
     if length_row:
@@ -774,14 +998,17 @@ def run_pairs(
         lr = length_scores(prompts, [p.rejected for p in pairs])
         lb = length_scores(b_prompts, b_replies)
         rows.append({"name": "longer response wins", "model": None, "risk": None, "result": result(lc, lr, lb)})
-    data = {
-        ps.name: {"split": ps.split, "n_pairs": len(ps.pairs), "load_report": ps.report, "train_prompt_overlap": overlap.get(ps.name)}
-        for ps in psets
-    }
+    def hygiene_and_overlap(name: str, records: list) -> dict[str, Any]:
+        ov = overlap[name]
+        return {"hygiene": pair_hygiene(records), "train_prompt_overlap": ov["remaining"],
+                "train_prompt_overlap_by_model": ov["by_model"], "excluded_train_overlap": ov.get("excluded")}
+
+    data = {ps.name: {"split": ps.split, "n_pairs": len(ps.pairs), "load_report": ps.report, **hygiene_and_overlap(ps.name, ps.pairs)}
+            for ps in psets}  # fmt: skip
     for bs in bsets:
         data[bs.name] = {
             "split": bs.split, "n_pairs": len(bs.items), "n_items": len(bs.items),
-            "n_replies": sum(len(it.completions) for it in bs.items), "load_report": bs.report, "train_prompt_overlap": None,
+            "n_replies": sum(len(it.completions) for it in bs.items), "load_report": bs.report, **hygiene_and_overlap(bs.name, bs.items),
         }  # fmt: skip
     notes = [WEIGHTING_NOTES[w]] + ([WEIGHTING_NOTES["rewardbench2"]] if items and w != "rewardbench2" else [])
     return {
@@ -793,6 +1020,9 @@ def run_pairs(
         "leaderboards": leaderboards(rows),
         "examples": examples,
         "variance": variances,
+        "uncertainty": uncertainty,
+        "train_prompts": {lab: None if d is None else len(d) for lab, d in digests.items()},
+        "exclude_train_overlap": exclude_train_overlap,
     }
 
 

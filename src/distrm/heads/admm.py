@@ -80,23 +80,25 @@ def admm_fit(
     n_real = torch.zeros(Bn, 1, 1, dtype=f64, device=dev)
     for j, r in enumerate(rows):
         n = len(r)
-        Xm = X[index[r].to(X.device)].to(device=dev, dtype=f64)
-        if fit_intercept:
-            mu[j] = Xm.mean(0)
-            Xm = Xm - mu[j]
-        sd = Xm.pow(2).mean(0).sqrt()
-        sd = torch.where(sd > 1e-12 * max(float(sd.max()), 1e-300), sd, torch.ones_like(sd))
-        sig[j] = sd
-        Xm = Xm / sd
-        G = Xm.T @ Xm
+        if isinstance(X, torch.Tensor):
+            Xm = X[index[r].to(X.device)].to(device=dev, dtype=f64)
+            if fit_intercept:
+                mu[j] = Xm.mean(0)
+                Xm = Xm - mu[j]
+            sd = _floor(Xm.pow(2).mean(0).sqrt())
+            sig[j] = sd
+            Xm = Xm / sd
+            G = Xm.T @ Xm
+            Xs[j, :n] = Xm.to(cdt)
+            del Xm
+        else:  # rows read in blocks (distrm.heads.blocks): nothing n x d in float64
+            G = _gram_blocks(X, index[r], fit_intercept, mu[j], sig[j], Xs[j])
         s2 = pseudo_scale * n
         G.diagonal().add_(s2)
         L = torch.linalg.cholesky(G)
         Ainv[j] = torch.cholesky_inverse(L).to(cdt)
         del G, L
         s[j] = math.sqrt(s2)
-        Xs[j, :n] = Xm.to(cdt)
-        del Xm
         y[j, :n, 0] = target[r].to(device=dev, dtype=f64)
         ww = w[r].to(device=dev, dtype=f64)
         om[j, :n, 0] = ww / ww.sum()
@@ -110,6 +112,38 @@ def admm_fit(
     coef = (beta / sig.unsqueeze(-1)).transpose(1, 2)  # [B, K, d] in original units
     intercept = b - torch.einsum("bd,bkd->bk", mu, coef) if fit_intercept else torch.zeros_like(b)
     return {"coef": coef, "intercept": intercept, "objective": P, "gap": gap, "n_iter": n_iter}
+
+
+def _floor(sd: torch.Tensor) -> torch.Tensor:
+    """Column spreads with (numerically) constant columns set to 1."""
+    return torch.where(sd > 1e-12 * max(float(sd.max()), 1e-300), sd, torch.ones_like(sd))
+
+
+def _gram_blocks(Z, ii: torch.Tensor, fit_intercept: bool, mu: torch.Tensor, sig: torch.Tensor, out: torch.Tensor
+                 ) -> torch.Tensor:
+    """The in-memory path's centring, scaling and Gram matrix for the rows ``ii`` of a block
+    row source ``Z`` (:class:`~distrm.heads.blocks.StandardizedRows`), in three passes over
+    blocks: fills ``mu`` and ``sig`` [d] and ``out[:n]`` (the scaled rows, in ``out``'s
+    dtype), returns the float64 Gram matrix. Equal to the in-memory path up to float
+    rounding (the sums are taken in blocks)."""
+    n, d = len(ii), Z.shape[1]
+    f64 = torch.float64
+    dev = out.device
+    if fit_intercept:
+        tot = torch.zeros(d, dtype=f64)
+        for _, b in Z.blocks(ii):
+            tot += b.sum(0)
+        mu.copy_(tot / n)
+    sq = torch.zeros(d, dtype=f64)
+    for _, b in Z.blocks(ii):
+        sq += b.sub_(mu.cpu()).pow_(2).sum(0)  # blocks are fresh copies: in place
+    sig.copy_(_floor((sq / n).sqrt()))
+    G = torch.zeros(d, d, dtype=f64, device=dev)
+    for s, b in Z.blocks(ii):
+        b = b.sub_(mu.cpu()).div_(sig.cpu()).to(dev)
+        G += b.T @ b
+        out[s : s + len(b)] = b.to(out.dtype)
+    return G
 
 
 def _prox_pinball(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,10 @@ def standardizer(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean [d], scale [d]) of the rows of X; a constant column gets scale 1 (its standardised
     value is 0, so its coefficient is 0 under any penalty)."""
     mean = X.mean(0)
-    scale = (X - mean).pow(2).mean(0).sqrt()
+    return mean, safe_scale((X - mean).pow(2).mean(0).sqrt())
+
+
+def safe_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Column spreads with the constant columns (spread ~0 relative to the largest) set to 1."""
     tiny = 1e-12 * float(scale.max()) if scale.numel() else 0.0
-    return mean, torch.where(scale > max(tiny, 1e-300), scale, torch.ones_like(scale))
+    return torch.where(scale > max(tiny, 1e-300), scale, torch.ones_like(scale))

@@ -45,6 +45,7 @@ import torch
 
 from distrm.distribution import RewardDistribution, default_levels
 from distrm.heads.admm import admm_fit
+from distrm.heads.blocks import DEFAULT_BLOCK_ROWS, StandardizedRows, block_standardizer, is_row_source
 from distrm.heads.cv import group_folds
 from distrm.heads.ipm import ipm_quantile
 from distrm.heads.objective import pinball, standardizer, weighted_quantile
@@ -126,21 +127,36 @@ def alpha_max(prob: "_Problem", tau: torch.Tensor) -> float:
     w_tie = (om * tie).sum(1, keepdim=True)
     c = -nu.sum(1, keepdim=True) / w_tie.clamp_min(1e-300)
     nu = torch.where(tie, om * c, nu)
-    m = prob.Z.shape[0]
-    g = torch.zeros(len(tau), m, dtype=torch.float64).index_add_(1, prob.idx, nu) @ prob.Z
+    m = len(prob.items)
+    g = torch.zeros(len(tau), m, dtype=torch.float64).index_add_(1, prob.idx, nu)
+    if "Z" in prob.__dict__:
+        g = g @ prob.Z
+    else:  # features read in blocks: the same product, summed over blocks of items
+        g = sum(g[:, s : s + len(b)] @ b for s, b in prob._source.blocks(prob.items))
     return float(g.abs().max()) if g.numel() else 0.0
 
 
 class _Problem:
     """One attribute's targets on the standardised features: the items it rates (``Z``), the
-    item of each target row (``idx``), targets and normalised weights."""
+    item of each target row (``idx``), targets and normalised weights. With features read in
+    blocks (a :class:`~distrm.heads.blocks.StandardizedRows` source) ``Z`` is read only if a
+    solver asks for it (the IPM, cross-validation); ADMM and ``alpha_max`` read blocks."""
 
-    def __init__(self, Z: torch.Tensor, index: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
+    def __init__(self, Z: torch.Tensor | StandardizedRows, index: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
         items, idx = torch.unique(index, return_inverse=True)
         self.items, self.idx = items, idx
-        self.Z = Z[items.to(Z.device)]
+        if isinstance(Z, torch.Tensor):
+            self.Z = Z[items.to(Z.device)]
+        else:
+            self._source = Z
         self.y = y.double()
         self.om = (w / w.sum()).double()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "Z" and "_source" in self.__dict__:  # read on first use
+            self.Z = self._source[self.items]
+            return self.Z
+        raise AttributeError(name)
 
     def subset(self, rows: torch.Tensor) -> "_Problem":
         p = _Problem.__new__(_Problem)
@@ -216,6 +232,10 @@ class QuantileHeads:
             "ipm", 1e-3 for "admm").
         max_iter: iteration cap per attribute (default 100 Newton steps, or 5000 ADMM steps).
         check_every, pseudo_scale, attribute_batch: ADMM settings (see :mod:`distrm.heads.admm`).
+        block_rows: read ``X`` in blocks of this many rows instead of copying it (standardiser,
+            Gram matrices and objectives accumulated over blocks; ADMM then holds the features
+            once, in its iteration dtype). The default for an ``np.memmap`` or a feature-store
+            view (``extract(..., stream=True)``), with 8192 rows; None otherwise.
         verbose: log solver progress.
     """
 
@@ -233,6 +253,7 @@ class QuantileHeads:
         check_every: int = 20,
         pseudo_scale: float = 0.1,
         attribute_batch: int | None = None,
+        block_rows: int | None = None,
         verbose: bool = False,
     ) -> None:
         self.levels = levels
@@ -247,6 +268,7 @@ class QuantileHeads:
         self.check_every = check_every
         self.pseudo_scale = pseudo_scale
         self.attribute_batch = attribute_batch
+        self.block_rows = block_rows
         self.verbose = verbose
 
     # ------------------------------------------------------------------ config
@@ -306,17 +328,33 @@ class QuantileHeads:
 
     def _prepare(self, X: Any, y: Any, attribute: Any, index: Any, n_attributes: int | None,
                  sample_weight: Any) -> dict[str, Any]:
-        """Validated inputs, the standardised features and one :class:`_Problem` per attribute."""
-        Xt = _check_X(X)
-        t, w = _long_targets(Xt.shape[0], y, attribute, index, n_attributes, sample_weight)
-        M, d = t.n_attributes, Xt.shape[1]
+        """Validated inputs, the standardised features and one :class:`_Problem` per attribute
+        (with ``block_rows``: row sources read in blocks in place of ``X64`` and ``Z``)."""
+        block = self.block_rows if self.block_rows is not None else DEFAULT_BLOCK_ROWS if is_row_source(X) else None
+        if block is not None:
+            if int(block) < 1:
+                raise ValueError(f"block_rows must be >= 1, got {self.block_rows}")
+            if len(getattr(X, "shape", ())) != 2:
+                raise ValueError(f"X must be 2-d [n_items, d]; got shape {tuple(getattr(X, 'shape', ()))}")
+            n_rows, d = X.shape
+        else:
+            Xt = _check_X(X)
+            n_rows, d = Xt.shape
+        t, w = _long_targets(n_rows, y, attribute, index, n_attributes, sample_weight)
+        M = t.n_attributes
         if M == 0:
             raise ValueError("no attributes to fit")
         levels, tol, max_iter = self._validate()
-        X64 = Xt.to(dtype=torch.float64)
         zeros, ones = torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)
-        mean, scale = standardizer(X64) if self.standardize else (zeros, ones)
-        Z = (X64 - mean) / scale
+        if block is not None:  # the validation (finite values) happens in the standardiser's pass
+            mean, scale = block_standardizer(X, int(block))
+            if not self.standardize:
+                mean, scale = zeros, ones
+            X64, Z = StandardizedRows(X, int(block)), StandardizedRows(X, int(block), mean, scale)
+        else:
+            X64 = Xt.to(dtype=torch.float64)
+            mean, scale = standardizer(X64) if self.standardize else (zeros, ones)
+            Z = (X64 - mean) / scale
         rows, problems = [], []
         for m in range(M):
             sel = torch.nonzero((t.attribute == m) & (w > 0)).squeeze(1)
@@ -324,7 +362,7 @@ class QuantileHeads:
                 raise ValueError(f"attribute {m} has no targets with positive weight")
             rows.append(sel)
             problems.append(_Problem(Z, t.index[sel], t.y[sel], w[sel]))
-        dev = torch.device(self.device) if self.device is not None else Xt.device
+        dev = torch.device(self.device) if self.device is not None else Z.device
         return {"X64": X64, "Z": Z, "t": t, "w": w, "M": M, "d": d, "levels": levels, "tol": tol, "max_iter": max_iter,
                 "mean": mean, "scale": scale, "rows": rows, "problems": problems, "dev": dev}
 
@@ -453,7 +491,8 @@ class QuantileHeads:
 
     def _objective_long(self, Xt: torch.Tensor, t: LongTargets, w: torch.Tensor) -> torch.Tensor:
         M, K = self.coef_.shape[:2]
-        Xt = Xt.to(device=self.coef_.device, dtype=torch.float64)
+        if isinstance(Xt, torch.Tensor):
+            Xt = Xt.to(device=self.coef_.device, dtype=torch.float64)
         tau = self.levels_.to(Xt.device)
         out = torch.zeros(M, K, dtype=torch.float64)
         for m in range(M):
@@ -462,7 +501,11 @@ class QuantileHeads:
                 out[m] = float("nan")
                 continue
             idx = t.index[sel].to(Xt.device)
-            r = t.y[sel].to(Xt.device)[:, None] - (Xt[idx] @ self.coef_[m].T + self.intercept_[m])
+            if isinstance(Xt, StandardizedRows):  # features read in blocks
+                fit = torch.cat([b @ self.coef_[m].T for _, b in Xt.blocks(idx)]) + self.intercept_[m]
+            else:
+                fit = Xt[idx] @ self.coef_[m].T + self.intercept_[m]
+            r = t.y[sel].to(Xt.device)[:, None] - fit
             wm = w[sel].to(Xt.device)
             loss = (wm[:, None] * pinball(r, tau)).sum(0) / wm.sum()
             l1 = (self.coef_[m] * self.feature_scale_).abs().sum(-1)
@@ -571,11 +614,12 @@ class QuantileHeadsCV(QuantileHeads):
         tol: float | None = None,
         max_iter: int | None = None,
         seed: int = 0,
+        block_rows: int | None = None,
         verbose: bool = False,
         progress: bool = False,
     ) -> None:
         super().__init__(levels=levels, alpha=0.0, fit_intercept=fit_intercept, standardize=standardize, solver=solver,
-                         device=device, dtype=dtype, tol=tol, max_iter=max_iter, verbose=verbose)
+                         device=device, dtype=dtype, tol=tol, max_iter=max_iter, block_rows=block_rows, verbose=verbose)
         self.alphas = alphas
         self.n_alphas = n_alphas
         self.alpha_min_ratio = alpha_min_ratio

@@ -51,7 +51,7 @@ from safetensors.torch import load_file, save_file
 from distrm import __version__
 from distrm.data.records import Prompt
 from distrm.distribution import RewardDistribution
-from distrm.features.store import sha256_file
+from distrm.features.store import verify_file_manifest, write_file_manifest
 from distrm.hf_hub import is_hub_id, snapshot_dir
 
 CONFIG_NAME = "config.json"
@@ -65,6 +65,7 @@ MODEL_TYPES: dict[str, str] = {
     "qrm": "distrm.models.qrm:DistributionalRewardModel",
     "ensemble": "distrm.models.bt_ensemble:EnsembleRewardModel",
     "quantile_ensemble": "distrm.models.quantile_ensemble:QuantileEnsembleRewardModel",
+    "dpl": "distrm.models.dpl:DPLRewardModel",
 }
 KNOWN_TYPES = tuple(MODEL_TYPES)
 
@@ -161,12 +162,6 @@ def warn_empty(responses: Sequence[str]) -> int:
     return n
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 SAVE_STAGING_PREFIX = ".distrm-save-"
 
 
@@ -222,25 +217,13 @@ def read_config_json(path: Path) -> dict[str, Any]:
 
 def write_manifest(path: Path, model_type: str) -> None:
     """Seal a saved folder: sha256 of ``config.json`` and ``model.safetensors``, written last."""
-    manifest = {"distrm_version": __version__, "model_type": model_type,
-                "sha256": {n: sha256_file(path / n) for n in (CONFIG_NAME, WEIGHTS_NAME)}}
-    _write_atomic(path / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    write_file_manifest(path, (CONFIG_NAME, WEIGHTS_NAME), MANIFEST_NAME, distrm_version=__version__, model_type=model_type)
 
 
 def verify_manifest(path: Path) -> None:
     """Refuse a folder whose save did not finish (no manifest) or whose files changed since."""
-    man = path / MANIFEST_NAME
-    if not man.is_file():
-        raise ValueError(f"{path}: {MANIFEST_NAME} missing: the save into this folder did not finish (or the folder "
-                         "was not written by save_pretrained); save the model again")
-    try:
-        files = json.loads(man.read_text(encoding="utf-8"))["sha256"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise ValueError(f"{man}: damaged manifest") from None
-    for name, digest in files.items():
-        f = path / name
-        if not f.is_file() or sha256_file(f) != digest:
-            raise ValueError(f"{f}: does not match {MANIFEST_NAME} (changed or half-written since the model was saved)")
+    verify_file_manifest(path, MANIFEST_NAME, "the save into this folder did not finish (or the folder was not "
+                         "written by save_pretrained); save the model again")
 
 
 @dataclass(kw_only=True)
@@ -255,6 +238,9 @@ class BackboneFields:
     backbone_max_length: int = 512
     backbone_dtype: str | None = None  # None: the device default (fp32 on CPU, bf16 on GPU)
     backbone_revision: str | None = None  # commit hash of a Hub backbone
+    # the prompts the heads were trained on, as distrm.data.splits.pack_prompt_digests (so an
+    # evaluation counts the prompts the model has seen); None: not recorded
+    training_prompts: str | None = None
 
 
 def check_backbone_folder(ref: str, where: Any) -> None:
@@ -346,14 +332,20 @@ class RewardModel:
                                             getattr(c, "backbone_prompt_token", "after_header"))
         return self._backbone
 
-    def score(self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 32) -> ScoreOutput:
-        """Score (prompt, response) pairs end to end: text -> features -> distribution."""
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 32,
+              store: str | Path | None = None) -> ScoreOutput:
+        """Score (prompt, response) pairs end to end: text -> features -> distribution.
+
+        Features are computed in memory and not kept (``store=None``): a server or an RL
+        reward function scores texts it will never see again, and caching them would grow
+        the disk without bound and keep users' texts. Pass a feature-store folder to cache
+        (evaluation does, through :func:`distrm.eval.common.score`)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         from distrm.features.store import extract
 
         warn_empty(responses)
-        feats = extract(self.backbone, list(prompts), list(responses), batch_size=batch_size, progress=False)
+        feats = extract(self.backbone, list(prompts), list(responses), store=store, batch_size=batch_size, progress=False)
         return self.score_features(torch.as_tensor(feats.reward), torch.as_tensor(feats.prompt), responses)
 
     # ------------------------------------------------------------------ save / load

@@ -4,7 +4,8 @@
   ``/metadata``);
 * :mod:`distrm.serve.config` -- :class:`ServeConfig` (light: no FastAPI, no torch);
 * :mod:`distrm.serve.batching` -- the dynamic batcher (one model thread);
-* :mod:`distrm.serve.limits` -- request limits and the body-size guard.
+* :mod:`distrm.serve.limits` -- request limits and the body-size guard;
+* :mod:`distrm.serve.replicas` -- ``--replicas N``: the same app as N Ray Serve replicas.
 
 The client side is :class:`distrm.serve.client.RewardClient` (also a TRL reward function).
 Needs the ``serve`` extra: ``pip install distrm[serve]``. Names are imported lazily so

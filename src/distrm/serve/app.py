@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import math
 import os
@@ -61,6 +60,7 @@ from distrm.risk import ALIASES as RISK_ALIASES
 from distrm.risk import RISK_MEASURES, parse_risk
 from distrm.risk import describe as risk_vocabulary
 from distrm.models.base import RewardModel, ScoreOutput
+from distrm.serve import jsonbody
 from distrm.serve.batching import DynamicBatcher, ItemFailed, Overloaded
 from distrm.serve.config import ServeConfig
 from distrm.serve.limits import BodySizeLimit, Limits
@@ -286,6 +286,7 @@ class RewardService:
             max_wait_s=config.max_wait_ms / 1000.0,
             max_queue_items=self.limits.max_queue_items,
             on_start=self._on_start,
+            slice_s=config.slice_ms / 1000.0 or None,
         )
 
     # -- worker thread
@@ -506,22 +507,16 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def _reject_constant(c: str) -> Any:
-    raise ValueError(f"{c} is not valid JSON")
-
-
 async def _json_body(request: Request) -> Any:
     body = await request.body()
     if not body:
         raise BadRequest(400, "empty request body; expected JSON")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except UnicodeDecodeError as e:
-        raise BadRequest(400, f"request body is not valid UTF-8: {e.reason} at byte {e.start}") from None
-    except RecursionError:
-        raise BadRequest(400, "request body is nested too deeply") from None
-    except ValueError as e:
-        raise BadRequest(400, f"request body is not valid JSON: {e}") from None
+        return await jsonbody.parse(body)
+    except jsonbody.BadJSON as e:
+        raise BadRequest(400, str(e)) from None
+    except RuntimeError as e:  # the decoder process could not run (out of memory, ...)
+        raise BadRequest(503, f"{e}; retry later") from None
 
 
 async def _parse_body(request: Request, model: type[_Body], fields: str) -> _Body:
@@ -670,6 +665,7 @@ def create_app(model: RewardModel, config: ServeConfig | None = None) -> FastAPI
             "items_scored": b.items_scored,
             "largest_batch": b.largest_batch,
             "item_failures": b.item_failures,
+            "items_dropped": b.items_dropped,
         }
 
     @app.get("/metadata", summary="model and server settings", dependencies=[Depends(auth)], responses={401: {"model": ErrorResponse}})

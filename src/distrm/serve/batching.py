@@ -13,6 +13,15 @@ is added; an idle server adds at most ``max_wait_s`` of latency to a lone reques
 
 The model runs in exactly one worker thread: the asyncio event loop never blocks on it,
 and the model (not thread-safe in general) is never entered twice at once.
+
+Time slices: a batch, once handed to the model, cannot be interrupted, so a client that
+hangs up while its items are in a batch would keep the CPU busy until the batch ends --
+seconds on a CPU at ``max_batch`` 64 with long texts. The worker therefore runs a taken
+batch as consecutive model calls of at most ``slice_s`` seconds each, sized from the
+measured seconds per item, and drops items whose request was abandoned between calls.
+Where the model is fast (a GPU, short texts) a slice holds the whole batch and nothing
+changes; where it is slow, batching loses little (a CPU forward costs roughly per token),
+and an abandoned request stops costing model time within about one slice.
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ class DynamicBatcher(Generic[I, R]):
         max_queue_items: most items waiting; :meth:`submit` raises :class:`Overloaded` beyond.
         on_start: called once in the worker thread before the first batch (e.g. to load the
             model and set torch threads in the thread that will use them).
+        slice_s: longest one call of ``fn`` should run, judged from the measured seconds per
+            item; a batch is split into such calls and abandoned items are dropped between
+            them (``None``: one call per batch).
     """
 
     def __init__(
@@ -72,9 +84,12 @@ class DynamicBatcher(Generic[I, R]):
         max_wait_s: float = 0.005,
         max_queue_items: int = 4096,
         on_start: Callable[[], None] | None = None,
+        slice_s: float | None = 0.25,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if slice_s is not None and not slice_s > 0:
+            raise ValueError("slice_s must be > 0 or None")
         if max_wait_s < 0:
             raise ValueError("max_wait_s must be >= 0")
         self.fn = fn
@@ -82,6 +97,8 @@ class DynamicBatcher(Generic[I, R]):
         self.max_wait_s = max_wait_s
         self.max_queue_items = max_queue_items
         self._on_start = on_start
+        self.slice_s = slice_s
+        self._s_per_item: float | None = None  # running estimate; None until the first call
         self._cv = threading.Condition()
         self._pending: deque[tuple[_Job, int, I]] = deque()
         self._closed = False
@@ -94,6 +111,7 @@ class DynamicBatcher(Generic[I, R]):
         self.largest_batch = 0
         self.item_failures = 0
         self.items_dropped = 0  # queued items removed because their request was abandoned
+        self.calls = 0  # calls of fn (a batch takes several when sliced)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float | None = None) -> None:
@@ -194,16 +212,42 @@ class DynamicBatcher(Generic[I, R]):
                     self._take(batch)
             self._process(batch)
 
+    def _slice_size(self, n: int) -> int:
+        if self.slice_s is None:
+            return n
+        if self._s_per_item is None:  # nothing measured yet: a single item measures it
+            return 1
+        return max(1, min(n, int(self.slice_s / max(self._s_per_item, 1e-9))))
+
     def _process(self, batch: list[tuple[_Job, int, I]]) -> None:
-        items = [it for _, _, it in batch]
+        """Score ``batch`` in time slices (see the module docstring), dropping the items of
+        abandoned requests between slices."""
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        rest = batch
+        while rest:
+            live = [e for e in rest if not e[0].cancelled]
+            self.items_dropped += len(rest) - len(live)
+            if not live:
+                return
+            k = self._slice_size(len(live))
+            self._call(live[:k])
+            rest = live[k:]
+
+    def _call(self, chunk: list[tuple[_Job, int, I]]) -> None:
+        items = [it for _, _, it in chunk]
+        t0 = time.perf_counter()
         try:
             results: list[Any] = list(self.fn(items))
             if len(results) != len(items):
                 raise RuntimeError(f"batched function returned {len(results)} results for {len(items)} items")
+            per_item = (time.perf_counter() - t0) / len(items)
+            # a fast-moving estimate: text lengths change from request to request
+            self._s_per_item = per_item if self._s_per_item is None else 0.5 * (self._s_per_item + per_item)
         except Exception as e:  # isolate the culprit: re-run one by one
             log.warning("batch of %d failed (%s: %s); scoring its items one by one", len(items), type(e).__name__, e)
             results = []
-            for (job, _, it) in batch:
+            for (job, _, it) in chunk:
                 if job.cancelled:  # nobody waits for it: do not spend the model on it again
                     results.append(ItemFailed("dropped: the request was abandoned"))
                     continue
@@ -212,10 +256,9 @@ class DynamicBatcher(Generic[I, R]):
                 except Exception as e1:
                     self.item_failures += 1
                     results.append(ItemFailed(f"{type(e1).__name__}: {e1}"))
-        self.batches += 1
+        self.calls += 1
         self.items_scored += len(items)
-        self.largest_batch = max(self.largest_batch, len(items))
-        for (job, i, _), res in zip(batch, results):
+        for (job, i, _), res in zip(chunk, results):
             job.results[i] = res
             job.remaining -= 1
             if job.remaining == 0:

@@ -38,6 +38,25 @@ class RewardClientError(RuntimeError):
     """The server refused the request (4xx) or stayed unavailable through all retries."""
 
 
+def wait_until_up(url: str, timeout_s: float = 300.0, process: Any = None) -> float:
+    """Poll ``GET url/health`` until it answers 200; return the seconds waited. For scripts
+    that start ``distrm serve`` themselves (a model load, or Ray starting its replicas,
+    takes a while): raises :class:`RewardClientError` when ``process`` (a ``Popen``) exits
+    first or ``timeout_s`` passes."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            if httpx.get(url.rstrip("/") + "/health", timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.TransportError:
+            pass
+        if process is not None and process.poll() is not None:
+            raise RewardClientError(f"the server process exited with code {process.returncode} before {url} answered /health")
+        if time.monotonic() - t0 > timeout_s:
+            raise RewardClientError(f"{url} did not answer /health within {timeout_s:g} s")
+        time.sleep(0.2)
+
+
 class RewardClient:
     """Score (prompt, completion) pairs on a running ``distrm serve``.
 

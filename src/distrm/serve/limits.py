@@ -50,6 +50,10 @@ class Limits:
             stalled upload cannot hold a connection and a handler open).
         idle_timeout_s: a keep-alive connection with no request in flight is closed after
             this long (uvicorn's ``timeout_keep_alive``).
+        header_timeout_s: a connection must deliver a complete request line and headers
+            within this many seconds of opening (or of its previous response); else it is
+            closed. A deadline, not an idle timer: bytes trickled one at a time do not
+            extend it (see :mod:`distrm.serve.protocol`).
     """
 
     max_body_bytes: int = 128 * 1024 * 1024
@@ -62,6 +66,7 @@ class Limits:
     max_queue_items: int = 16384
     body_timeout_s: float = field(default=30.0, metadata={"flag": "--body-timeout"})
     idle_timeout_s: float = field(default=5.0, metadata={"flag": "--idle-timeout"})
+    header_timeout_s: float = field(default=10.0, metadata={"flag": "--header-timeout"})
 
     def __post_init__(self) -> None:
         if self.on_too_long not in ("truncate", "reject"):
@@ -69,7 +74,7 @@ class Limits:
         for name in ("max_body_bytes", "max_items", "max_text_chars", "max_messages", "max_risks", "max_queue_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("request_timeout_s", "body_timeout_s", "idle_timeout_s"):
+        for name in ("request_timeout_s", "body_timeout_s", "idle_timeout_s", "header_timeout_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")

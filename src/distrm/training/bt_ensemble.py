@@ -21,40 +21,14 @@ logger = logging.getLogger(__name__)
 def train_ensemble(cfg: Any) -> EnsembleRewardModel:
     """``distrm train`` with ``model: ensemble``: preference pairs (training split) ->
     frozen backbone features -> N BT heads in one pass -> saved model + train_log.json."""
-    from distrm.features.backbones import Backbone
-    from distrm.features import extract
     from distrm.heads.ensemble import BTEnsembleHeads
-    from distrm.training.qrm import load_training_data, start_run
+    from distrm.training.qrm import record_training_prompts, start_run
 
     ec = cfg.ensemble
     out, log = start_run(cfg)
+    pairs, backbone, Xc, Xr = pair_training_features(cfg, log, "an ensemble reward model")
     t0 = time.perf_counter()
-    _, pairs, reports = load_training_data(cfg)
-    if not pairs:
-        raise ValueError("an ensemble reward model needs preference pairs (data.pairs)")
-    log["data"] = {"pairs": len(pairs), "reports": reports}
-    logger.info("data: %d training pairs", len(pairs))
-    log["timings_s"]["data"] = time.perf_counter() - t0
-
-    bc = cfg.backbone
-    backbone = Backbone.from_pretrained(bc.name, device=bc.device, dtype=bc.dtype, max_length=bc.max_length)
-    kw = dict(store=bc.store, batch_size=bc.batch_size, progress=cfg.progress)
-    t0 = time.perf_counter()
-    fc = extract(backbone, [p.prompt for p in pairs], [p.chosen for p in pairs], **kw)
-    fr = extract(backbone, [p.prompt for p in pairs], [p.rejected for p in pairs], **kw)
-    Xc, Xr = torch.as_tensor(np.asarray(fc.reward)).double(), torch.as_tensor(np.asarray(fr.reward)).double()
-    log["timings_s"]["features"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    l2 = ec.l2
-    if l2 is None:  # one BT head's penalty, chosen on held-out pairs (whole prompts held out)
-        from distrm.data.splits import split_key
-        from distrm.heads.baselines import BTHeadCV
-
-        cvh = BTHeadCV(seed=cfg.seed).fit(Xc, Xr, groups=[split_key(p.prompt) for p in pairs])
-        l2 = cvh.l2_
-        log["l2_cv"] = {"l2": l2, "grid": cvh.cv_l2s_, "heldout_log_likelihood_per_pair": cvh.cv_log_likelihood_}
-        logger.info("ensemble: l2 = %g chosen by 3-fold CV on held-out pair likelihood (grid %s)", l2, cvh.cv_l2s_)
+    l2 = bt_l2(cfg, ec.l2, Xc, Xr, pairs, log, "ensemble")
     heads = BTEnsembleHeads(
         n_members=ec.n_members,
         bootstrap=ec.bootstrap,
@@ -74,11 +48,7 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
     log["timings_s"]["heads"] = time.perf_counter() - t0
     model = EnsembleRewardModel.from_heads(
         heads,
-        backbone=bc.name,
-        backbone_identity=getattr(backbone, "identity", None),
-        backbone_revision=getattr(backbone, "revision", None),
-        backbone_max_length=bc.max_length,
-        backbone_dtype=bc.dtype,
+        **backbone_fields(cfg, backbone),
         training={**dataclasses.asdict(ec), "l2": l2, "n_pairs": len(pairs)},
     )
     model._backbone = backbone
@@ -97,7 +67,59 @@ def train_ensemble(cfg: Any) -> EnsembleRewardModel:
     log["train_pair_accuracy"] = acc
     logger.info("train pair accuracy (ensemble mean): %.3f; members %.3f..%.3f; member reward corr %.3f", acc,
                 min(log["member_train_accuracy"]), max(log["member_train_accuracy"]), log["diversity"]["mean_pairwise_corr"])
+    record_training_prompts(model, pairs)
     model.save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log, indent=2, default=str) + "\n", encoding="utf-8")
     logger.info("saved ensemble to %s", out)
     return model
+
+
+def pair_training_features(cfg: Any, log: dict[str, Any], what: str) -> tuple[list, Any, torch.Tensor, torch.Tensor]:
+    """The data path of every pair-only model type (ensemble, DPL): the training split of the
+    configured preference sets, the frozen backbone, and its reward features of the chosen and
+    rejected responses, float64 [n, d] each, from the feature store; data sizes, load reports
+    and timings go to ``log``. ``what`` names the model type in the error for no pairs."""
+    from distrm.features import extract
+    from distrm.features.backbones import Backbone
+    from distrm.training.qrm import load_training_data
+
+    t0 = time.perf_counter()
+    _, pairs, reports = load_training_data(cfg)
+    if not pairs:
+        raise ValueError(f"{what} needs preference pairs (data.pairs)")
+    log["data"] = {"pairs": len(pairs), "reports": reports}
+    logger.info("data: %d training pairs", len(pairs))
+    log["timings_s"]["data"] = time.perf_counter() - t0
+
+    bc = cfg.backbone
+    backbone = Backbone.from_pretrained(bc.name, device=bc.device, dtype=bc.dtype, max_length=bc.max_length)
+    kw = dict(store=bc.store, store_dtype=bc.store_dtype, batch_size=bc.batch_size, progress=cfg.progress)
+    t0 = time.perf_counter()
+    fc = extract(backbone, [p.prompt for p in pairs], [p.chosen for p in pairs], **kw)
+    fr = extract(backbone, [p.prompt for p in pairs], [p.rejected for p in pairs], **kw)
+    Xc, Xr = torch.as_tensor(np.asarray(fc.reward)).double(), torch.as_tensor(np.asarray(fr.reward)).double()
+    log["timings_s"]["features"] = time.perf_counter() - t0
+    return pairs, backbone, Xc, Xr
+
+
+def bt_l2(cfg: Any, l2: float | None, Xc: torch.Tensor, Xr: torch.Tensor, pairs: list, log: dict[str, Any], what: str) -> float:
+    """``l2`` as configured, or (None) one BT head's penalty chosen by 3-fold CV on held-out
+    pair likelihood (whole prompts held out), recorded in ``log["l2_cv"]``."""
+    if l2 is not None:
+        return l2
+    from distrm.data.splits import split_key
+    from distrm.heads.baselines import BTHeadCV
+
+    cvh = BTHeadCV(seed=cfg.seed).fit(Xc, Xr, groups=[split_key(p.prompt) for p in pairs])
+    log["l2_cv"] = {"l2": cvh.l2_, "grid": cvh.cv_l2s_, "heldout_log_likelihood_per_pair": cvh.cv_log_likelihood_}
+    logger.info("%s: l2 = %g chosen by 3-fold CV on held-out pair likelihood (grid %s)", what, cvh.l2_, cvh.cv_l2s_)
+    return cvh.l2_
+
+
+def backbone_fields(cfg: Any, backbone: Any) -> dict[str, Any]:
+    """The :class:`~distrm.models.base.BackboneFields` of a model trained on ``backbone``
+    loaded from ``cfg.backbone``."""
+    bc = cfg.backbone
+    return dict(backbone=bc.name, backbone_identity=getattr(backbone, "identity", None),
+                backbone_revision=getattr(backbone, "revision", None), backbone_max_length=bc.max_length,
+                backbone_dtype=bc.dtype)

@@ -1,5 +1,6 @@
-"""``distrm finetune-backbone``: turn a causal LM into a Bradley-Terry reward model with TRL's
-``RewardTrainer`` (LoRA by default), then save it as a normal backbone directory.
+"""``distrm finetune-backbone``: turn a causal LM or an encoder (BERT family, e.g. MiniLM) into a
+Bradley-Terry reward model with TRL's ``RewardTrainer`` (LoRA or full), then save it as a normal
+backbone directory.
 
 Why: both papers put their heads on a backbone that was first trained as a reward model (QRM on
 a BT-trained Llama-3-8B, the uncertainty paper on Gemma-2B-it after a BT stage). A raw chat
@@ -18,12 +19,15 @@ Pipeline (each step small and checkable):
    state is the backbone's reward feature, so the saved head applied to
    ``Backbone.from_pretrained(out)`` features reproduces the trained reward model's score.
    ``truncation: filter`` gives TRL the conversational examples and lets it drop pairs longer
-   than ``max_length`` (TRL's behaviour; the count is reported).
+   than ``max_length`` (TRL's behaviour; the count is reported). Encoders: the backbone's own
+   pair encoding (prompt text, response; ``longest_first``), segment ids included.
 3. Margins: ``none``, ``constant`` (``margin_value``) or ``score_gap`` (``margin_scale`` x the
    difference of the two responses' rated scores where the source has them -- UltraFeedback's
    overall score, PKU's is_safe -- else 0, counted). TRL's loss is
    ``-logsigmoid(r_c - r_r - margin) + center_rewards_coefficient * mean((r_c + r_r)^2)``.
-4. Train: ``AutoModelForSequenceClassification`` (num_labels=1, the score head starts random)
+4. Train: ``AutoModelForSequenceClassification`` (num_labels=1, the score head starts random;
+   encoders: :class:`distrm.training.reward_encoder.MeanPoolRewardModel`, the score on the
+   mean-pooled feature the backbone extracts -- not the classifier's ``[CLS]`` pooler)
    + ``peft.LoraConfig`` (score head in ``modules_to_save``) or full fine-tuning, with TRL's
    ``RewardTrainer``; the config's ``trainer:`` section is ``trl.RewardConfig``'s options, passed
    as is (checked against its fields when the config loads), so checkpoints, resuming, reporting,
@@ -35,8 +39,10 @@ Pipeline (each step small and checkable):
    one-member ensemble reward model in ``reward_model/`` (servable as is; its backbone is
    recorded as ``..``, so the whole folder can move), the standard
    ``AutoModelForSequenceClassification`` checkpoint in ``seq_cls/`` (what TRL, OpenRLHF and
-   RewardBench load), and ``distrm_finetune.json`` (config, data counts, train/eval metrics,
-   merge check). Only the main process of a multi-process run saves.
+   RewardBench load; causal LMs only: no standard class mean-pools an encoder), and
+   ``distrm_finetune.json`` (config, data counts, train/eval metrics, merge check). An encoder's
+   folder is its base ``AutoModel`` (plus the base's sentence-transformers pooling files). Only
+   the main process of a multi-process run saves.
    ``config.json`` carries ``distrm_reward_tuned`` with a hash of the weights, so the
    backbone's identity (fingerprint) differs from the raw model's and caches never mix.
 """
@@ -58,6 +64,8 @@ import numpy as np
 import torch
 
 from distrm.config import DataConfig, LoraSettings
+from distrm.features.backbones import BACKBONE_MANIFEST
+from distrm.features.store import write_file_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +80,8 @@ class FinetuneConfig:
     distrm's own settings are fields; the trainer's are the ``trainer:`` section, handed to
     ``trl.RewardConfig`` as is (so every TRL / transformers option works as they define it)."""
 
-    base_model: str = "smollm2-135m"  # alias (smollm2-135m, gemma3-270m), HF causal LM name or local dir
+    # alias (smollm2-135m, gemma3-270m, minilm), HF causal LM or encoder (BERT family) name, or local dir
+    base_model: str = "smollm2-135m"
     output_dir: str = "runs/rm-smollm2-135m"
     seed: int = 0  # pair sampling, score-head init and TRL's seed (RewardConfig.seed is set from it)
     method: Literal["lora", "full"] = "lora"
@@ -329,14 +338,21 @@ def conversational(pair) -> dict[str, Any]:
 
 
 def build_dataset(cfg: FinetuneConfig, pairs: list, backbone, margin: list[float] | None) -> tuple[Any, dict[str, int]]:
-    """A ``datasets.Dataset`` for TRL: pre-tokenised by the backbone (truncation: left) or
-    conversational (truncation: filter, TRL tokenises and drops over-long pairs)."""
+    """A ``datasets.Dataset`` for TRL: pre-tokenised by the backbone (truncation: left; always for
+    encoders) or conversational (truncation: filter, TRL tokenises and drops over-long pairs)."""
     from datasets import Dataset
 
     rows: list[dict[str, Any]] = []
     n_trunc = 0
     for i, p in enumerate(pairs):
-        if cfg.truncation == "left":
+        if backbone.kind == "encoder":  # the backbone's own pair encoding (longest_first), segment ids included
+            (c_ids,), c_types, tc = backbone._encoder_ids([p.prompt], [p.chosen])
+            (r_ids,), r_types, tr = backbone._encoder_ids([p.prompt], [p.rejected])
+            n_trunc += bool(tc or tr)
+            row = {"chosen_ids": c_ids, "rejected_ids": r_ids}
+            if c_types is not None:
+                row.update(chosen_types=c_types[0], rejected_types=r_types[0])
+        elif cfg.truncation == "left":
             c_ids, _, tc = backbone._causal_ids(p.prompt, p.chosen)  # the backbone's own tokenisation
             r_ids, _, tr = backbone._causal_ids(p.prompt, p.rejected)
             n_trunc += bool(tc or tr)
@@ -375,22 +391,37 @@ def load_seqcls(path: str, device: torch.device):
     return model.to(device)
 
 
+def load_trainable(kind: str, path: str, device: torch.device):
+    """The model TRL trains: a causal LM's sequence classifier (:func:`load_seqcls`) or an
+    encoder under a mean-pooled score (:class:`distrm.training.reward_encoder.MeanPoolRewardModel`)."""
+    if kind == "causal":
+        return load_seqcls(path, device)
+    from distrm.training.reward_encoder import MeanPoolRewardModel
+
+    return MeanPoolRewardModel.from_encoder(path, device)
+
+
 def body_of(seqcls):
-    """The transformer body (``LlamaModel``, ``Gemma3TextModel``, ...) of a sequence classifier."""
-    return getattr(seqcls, seqcls.base_model_prefix)
+    """The transformer body (``LlamaModel``, ``Gemma3TextModel``, ``BertModel``, ...) of a sequence
+    classifier or causal LM; a bare body (``BertModel``) is its own."""
+    return getattr(seqcls, seqcls.base_model_prefix, seqcls)
 
 
 @torch.inference_mode()
-def score_ids(model, ids: list[list[int]], pad_id: int) -> torch.Tensor:
-    """Scores of token-id rows with a (peft or plain) sequence-classification model, fp32."""
+def score_ids(model, ids: list[list[int]], pad_id: int, types: list[list[int]] | None = None) -> torch.Tensor:
+    """Scores of token-id rows (and an encoder's segment ids) with a (peft or plain) reward model, fp32."""
     L = max(map(len, ids))
     x = torch.full((len(ids), L), pad_id, dtype=torch.long)
     m = torch.zeros_like(x)
+    t = torch.zeros_like(x)
     for i, row in enumerate(ids):
         x[i, : len(row)] = torch.tensor(row)
         m[i, : len(row)] = 1
+        if types is not None:
+            t[i, : len(row)] = torch.tensor(types[i])
     dev = next(model.parameters()).device
-    return model(input_ids=x.to(dev), attention_mask=m.to(dev)).logits[:, 0].float().cpu()
+    kw = {"token_type_ids": t.to(dev)} if types is not None else {}
+    return model(input_ids=x.to(dev), attention_mask=m.to(dev), **kw).logits[:, 0].float().cpu()
 
 
 def weights_digest(model) -> str:
@@ -402,22 +433,25 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def save_backbone(out: Path, base_path: str, merged, tokenizer, info: dict[str, Any], save_dtype: str) -> str:
-    """Copy the merged body into the base causal LM and save it (safetensors) with the tokenizer;
-    ``config.json`` gets ``distrm_reward_tuned`` (weight hash + provenance). Returns the hash."""
-    from transformers import AutoModelForCausalLM
+def save_backbone(out: Path, base_path: str, merged, tokenizer, info: dict[str, Any], save_dtype: str, kind: str = "causal") -> str:
+    """Copy the merged body into the base causal LM (an encoder: the base encoder) and save it
+    (safetensors) with the tokenizer; ``config.json`` gets ``distrm_reward_tuned`` (weight hash +
+    provenance). An encoder folder keeps the base's sentence-transformers files (its pooling is
+    the mean the head was trained on). Returns the hash."""
+    from transformers import AutoModel, AutoModelForCausalLM
 
-    causal = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    causal = (AutoModelForCausalLM if kind == "causal" else AutoModel).from_pretrained(base_path, dtype=torch.float32)
     body_of(causal).load_state_dict(body_of(merged).state_dict(), strict=True)
-    if causal.config.tie_word_embeddings:  # a full fine-tune may move the embeddings: keep the head tied
+    if kind == "causal" and causal.config.tie_word_embeddings:  # a full fine-tune may move the embeddings: keep the head tied
         causal.tie_weights()
     digest = weights_digest(body_of(causal))
     causal.config.distrm_reward_tuned = {"weights_sha256_16": digest, **info}
     causal.to(torch.bfloat16 if save_dtype == "bfloat16" else torch.float32)
-    # atomic per file: written whole into a hidden staging folder, then renamed into ``out``
-    # (config.json, which carries the weight hash, last), so a killed save never leaves a
-    # half-written weights file under its real name; a killed save's staging folder is removed
-    # by the next one (and ignored meanwhile: hidden, no weights at the top of ``out``)
+    # every file written whole into a hidden staging folder, then renamed into ``out`` between
+    # removing the backbone manifest and writing it anew (last): a save killed at any step
+    # leaves the old backbone, the new one, or a folder without a manifest, which
+    # Backbone.from_pretrained refuses -- never new weights read with an old config. A killed
+    # save's staging folder is removed by the next one (and ignored meanwhile: hidden)
     import shutil
 
     out.mkdir(parents=True, exist_ok=True)
@@ -428,19 +462,32 @@ def save_backbone(out: Path, base_path: str, merged, tokenizer, info: dict[str, 
     try:
         causal.save_pretrained(stage, safe_serialization=True)
         tokenizer.save_pretrained(stage)
+        if kind == "encoder":
+            for name in SENTENCE_TRANSFORMERS_FILES:
+                src = Path(base_path) / name
+                if src.is_dir():
+                    shutil.copytree(src, stage / name)
+                elif src.is_file():
+                    shutil.copy2(src, stage / name)
         new = {f.name for f in stage.iterdir()}
+        (out / BACKBONE_MANIFEST).unlink(missing_ok=True)
         for f in out.iterdir():  # weight shards of an earlier save that this one does not overwrite
             if f.is_file() and f.name not in new and (f.suffix == ".safetensors" and f.name.startswith("model")
                                                       or f.name == "model.safetensors.index.json"):
                 f.unlink()
         for f in sorted(stage.iterdir(), key=lambda f: f.name == "config.json"):
+            if f.is_dir() and (out / f.name).is_dir():
+                shutil.rmtree(out / f.name)
             os.replace(f, out / f.name)
+        write_file_manifest(out, sorted(n for n in new if (out / n).is_file()), BACKBONE_MANIFEST, weights_sha256_16=digest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return digest
 
 
 BACKBONE_STAGING = ".backbone-save-"
+# what sentence-transformers reads next to the weights (mean pooling for all-MiniLM-L6-v2)
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling")
 
 
 def save_head(out: Path, weight: torch.Tensor, meta: dict[str, Any]) -> None:
@@ -487,9 +534,9 @@ def is_sharded(trainer) -> bool:
     return plugin is not None and int(getattr(plugin, "zero_stage", 0) or 0) == 3
 
 
-def rebuild_trained(state: dict[str, torch.Tensor], base_path: str, peft_config, device: torch.device):
+def rebuild_trained(state: dict[str, torch.Tensor], base_path: str, peft_config, device: torch.device, kind: str = "causal"):
     """A whole copy of the trained (peft or plain) classifier from its full state dict."""
-    model = load_seqcls(base_path, torch.device("cpu"))
+    model = load_trainable(kind, base_path, torch.device("cpu"))
     if peft_config is not None:
         from peft import get_peft_model
 
@@ -498,7 +545,7 @@ def rebuild_trained(state: dict[str, torch.Tensor], base_path: str, peft_config,
     return model.to(device).eval()
 
 
-def trained_model(trainer, base_path: str, peft_config, device: torch.device):
+def trained_model(trainer, base_path: str, peft_config, device: torch.device, kind: str = "causal"):
     """The trained classifier, whole and without accelerate's autocast wrapper, on the main
     process (None on the others). Sharded runs gather the full state dict (every process takes
     part; DeepSpeed ZeRO-3 needs ``stage3_gather_16bit_weights_on_model_save``) into a copy."""
@@ -510,7 +557,7 @@ def trained_model(trainer, base_path: str, peft_config, device: torch.device):
     state = acc.get_state_dict(trainer.model)
     if not trainer.is_world_process_zero():
         return None
-    return rebuild_trained(state, base_path, peft_config, device)
+    return rebuild_trained(state, base_path, peft_config, device, kind)
 
 
 # ============================================================================ entry point
@@ -518,35 +565,40 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run the whole pipeline (module docstring); returns what ``distrm_finetune.json`` holds.
     In a multi-process run (torchrun / accelerate) every process trains; only the main one
     merges, checks and saves, the others wait for it."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from distrm.features.backbones import Backbone, read_chat_template, resolve_model_dir
+    from distrm.features.backbones import Backbone, backbone_kind, read_chat_template, resolve_model_dir
 
     validate(cfg)
+    base_path = resolve_model_dir(cfg.base_model)
+    kind = backbone_kind(AutoConfig.from_pretrained(base_path))
+    if kind == "encoder" and cfg.truncation != "left":
+        raise ValueError(f"truncation: {cfg.truncation!r} is for causal LMs; {cfg.base_model!r} is an encoder, whose pairs are "
+                         "always encoded and truncated as its backbone features are (longest_first): use truncation: left")
     t_all = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg)
-    log: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(device), "timings_s": {}}
+    log: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(device), "kind": kind, "timings_s": {}}
 
     t0 = time.perf_counter()
     train_pairs, holdout_pairs, log["data"] = load_pairs(cfg)
     logger.info(f"data: {len(train_pairs)} training pairs ({log['data']['train_pairs_by_source']}), {len(holdout_pairs)} held out "
           f"from the training split for eval metrics")  # fmt: skip
 
-    base_path = resolve_model_dir(cfg.base_model)
     torch.manual_seed(cfg.seed)  # the score head starts random: seed it
-    model = load_seqcls(base_path, device)
+    model = load_trainable(kind, base_path, device)
     tok = AutoTokenizer.from_pretrained(base_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if not tok.chat_template and cfg.chat_template:
-        tok.chat_template = read_chat_template(cfg.chat_template)  # saved with the tokenizer: the tuned backbone has it
-    if not tok.chat_template:
-        raise ValueError(f"{cfg.base_model!r} has no chat template: give one with chat_template=<file.jinja>")
+    if kind == "causal":  # encoders read plain "role: content" text (the backbone's rendering), no template
+        if not tok.chat_template and cfg.chat_template:
+            tok.chat_template = read_chat_template(cfg.chat_template)  # saved with the tokenizer: the tuned backbone has it
+        if not tok.chat_template:
+            raise ValueError(f"{cfg.base_model!r} has no chat template: give one with chat_template=<file.jinja>")
     # a Backbone over the same body: its tokenisation is the one the saved head will see
-    bb = Backbone(cfg.base_model, body_of(model), tok, "causal", cfg.max_length, device, torch.float32)
+    bb = Backbone(cfg.base_model, body_of(model), tok, kind, cfg.max_length, device, torch.float32)
 
     margin, margin_counts = margins(cfg, train_pairs)
     train_ds, tinfo = build_dataset(cfg, train_pairs, bb, margin)
@@ -573,8 +625,14 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     log["trainer_args"] = targs
     log["bf16"] = bool(targs["bf16"])
     args = RewardConfig(**targs)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
-                            peft_config=peft_config)  # fmt: skip
+    trainer_cls, extra = RewardTrainer, {}
+    if kind == "encoder":  # segment ids padded and kept (see distrm.training.reward_encoder)
+        from distrm.training.reward_encoder import EncoderPairCollator, EncoderRewardTrainer
+
+        trainer_cls = EncoderRewardTrainer
+        extra["data_collator"] = EncoderPairCollator(pad_token_id=tok.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of)
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
+                          peft_config=peft_config, **extra)  # fmt: skip
     n_used = len(trainer.train_dataset)
     log["data"]["pairs_used"] = n_used
     log["data"]["pairs_dropped_over_max_length"] = len(train_ds) - n_used
@@ -593,18 +651,18 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     # ---- merge, check, save: the main process only (the others wait at the end)
     t0 = time.perf_counter()
-    trained = trained_model(trainer, base_path, peft_config, device)  # collective when the parameters are sharded
+    trained = trained_model(trainer, base_path, peft_config, device, kind)  # collective when the parameters are sharded
     if trained is not None:
         save_all(cfg, out, log, trained, tok, bb, train_pairs, base_path, device)
         log["timings_s"]["save"] = time.perf_counter() - t0
         log["timings_s"]["total"] = time.perf_counter() - t_all
         (out / LOG_NAME).write_text(json.dumps(log, indent=2, default=str) + "\n", encoding="utf-8")
         mc = log["merge_check"]
+        seqcls_note = f", |peft - {SEQCLS_DIR}| <= {mc['max_abs_peft_vs_seq_cls']:.2e}" if "max_abs_peft_vs_seq_cls" in mc else ""
         logger.info(f"merge check: |peft - merged| <= {mc['max_abs_peft_vs_merged']:.2e}, |peft - reloaded backbone + head| <= "
-              f"{mc['max_abs_peft_vs_reloaded_backbone']:.2e}, |peft - {SEQCLS_DIR}| <= {mc['max_abs_peft_vs_seq_cls']:.2e} "
-              f"(score range {mc['score_range']:.2f})")  # fmt: skip
+              f"{mc['max_abs_peft_vs_reloaded_backbone']:.2e}{seqcls_note} (score range {mc['score_range']:.2f})")  # fmt: skip
         logger.info(f"saved reward-tuned backbone to {out} (identity {log['identity']['reloaded']}), the reward model to "
-              f"{out / 'reward_model'}, the sequence classifier to {out / SEQCLS_DIR}")  # fmt: skip
+              f"{out / 'reward_model'}" + (f", the sequence classifier to {out / SEQCLS_DIR}" if seqcls_note else ""))  # fmt: skip
     trainer.accelerator.wait_for_everyone()
     return log
 
@@ -619,36 +677,50 @@ def save_all(cfg: FinetuneConfig, out: Path, log: dict[str, Any], trained, tok, 
     from distrm.hf_hub import commit_of
 
     check_pairs = train_pairs[: cfg.merge_check_pairs]
-    check_ids = [bb._causal_ids(p.prompt, r)[0] for p in check_pairs for r in (p.chosen, p.rejected)]
+    check_types = None
+    if bb.kind == "encoder":
+        check_ids, check_types, _ = bb._encoder_ids([p.prompt for p in check_pairs for _ in (0, 1)],
+                                                    [r for p in check_pairs for r in (p.chosen, p.rejected)])  # fmt: skip
+    else:
+        check_ids = [bb._causal_ids(p.prompt, r)[0] for p in check_pairs for r in (p.chosen, p.rejected)]
     pad_id = tok.pad_token_id
-    before = score_ids(trained, check_ids, pad_id)
+    before = score_ids(trained, check_ids, pad_id, check_types)
     merged = trained.merge_and_unload() if cfg.method == "lora" else trained
-    after = score_ids(merged, check_ids, pad_id)
+    after = score_ids(merged, check_ids, pad_id, check_types)
     head = merged.score.weight.detach().float().cpu()
     info = {"base_model": cfg.base_model, "base_path": base_path, "base_revision": commit_of(Path(base_path)),
             "method": cfg.method, "train_pairs": len(train_pairs)}  # fmt: skip
-    digest = save_backbone(out, base_path, merged, tok, info, cfg.save_dtype)
-    feature_note = "Backbone.from_pretrained(dir) reward feature (last-token final hidden state)"
+    digest = save_backbone(out, base_path, merged, tok, info, cfg.save_dtype, bb.kind)
+    if bb.kind == "encoder":
+        feature_note = "Backbone.from_pretrained(dir) reward feature (mean of the final hidden states over the (prompt, response) pair encoding)"
+        truncation = "longest_first"
+    else:
+        feature_note = "Backbone.from_pretrained(dir) reward feature (last-token final hidden state)"
+        truncation = cfg.truncation
     save_head(out, head, {"feature": feature_note, "hidden_size": int(head.shape[1]), "bias": False,
-                          "max_length": cfg.max_length, "truncation": cfg.truncation, "weights_sha256_16": digest})  # fmt: skip
-    save_seqcls(out / SEQCLS_DIR, merged, tok, {"weights_sha256_16": digest, **info}, cfg.save_dtype)
+                          "max_length": cfg.max_length, "truncation": truncation, "weights_sha256_16": digest})  # fmt: skip
+    # the standard classifier reads a causal LM's last token; no standard class mean-pools an
+    # encoder (BertForSequenceClassification scores the [CLS] pooler), so encoders get none
+    if bb.kind == "causal":
+        save_seqcls(out / SEQCLS_DIR, merged, tok, {"weights_sha256_16": digest, **info}, cfg.save_dtype)
     del merged, trained
     reloaded = Backbone.from_pretrained(str(out.resolve()), device=str(device), dtype="float32", max_length=cfg.max_length)
     save_reward_model(out, head, reloaded.identity, cfg.max_length, revision=reloaded.revision,
                       provenance={"base_model": cfg.base_model, "base_revision": info["base_revision"], "method": cfg.method,
                                   "train_pairs": len(train_pairs), "weights_sha256_16": digest})  # fmt: skip
-    feats = reloaded._batched(check_ids, [[len(x) - 1] for x in check_ids], batch_size=8)[:, 0]
+    positions = None if bb.kind == "encoder" else [[len(x) - 1] for x in check_ids]
+    feats = reloaded._batched(check_ids, positions, batch_size=8, types=check_types)[:, 0]
     again = torch.as_tensor(feats) @ head.T
-    seqcls = AutoModelForSequenceClassification.from_pretrained(out / SEQCLS_DIR, dtype=torch.float32).to(device).eval()
-    from_seqcls = score_ids(seqcls, check_ids, pad_id)
-    del seqcls
     log["merge_check"] = {
         "pairs": len(check_pairs),
         "max_abs_peft_vs_merged": float((before - after).abs().max()),
         "max_abs_peft_vs_reloaded_backbone": float((before - again[:, 0]).abs().max()),
-        "max_abs_peft_vs_seq_cls": float((before - from_seqcls).abs().max()),
         "score_range": float(before.max() - before.min()),
     }
+    if bb.kind == "causal":
+        seqcls = AutoModelForSequenceClassification.from_pretrained(out / SEQCLS_DIR, dtype=torch.float32).to(device).eval()
+        log["merge_check"]["max_abs_peft_vs_seq_cls"] = float((before - score_ids(seqcls, check_ids, pad_id)).abs().max())
+        del seqcls
     log["identity"] = {"reloaded": reloaded.identity, "weights_sha256_16": digest}
 
 

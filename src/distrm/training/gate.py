@@ -7,23 +7,27 @@ model never imports training code. See the gate module docstring for the loss.
 from __future__ import annotations
 
 import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from distrm.config import GateConfig
+from distrm.heads.blocks import DEFAULT_BLOCK_ROWS, block_standardizer, take_rows
 from distrm.heads.gate import GatingNetwork
 from distrm.heads.objective import standardizer
 
 
 def train_gate(
     gate: GatingNetwork,
-    prompt_features: torch.Tensor,
+    prompt_features: Any,
     mean_chosen: torch.Tensor,
     mean_rejected: torch.Tensor,
     cfg: GateConfig,
     seed: int = 0,
     progress: bool = True,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
 ) -> list[dict]:
     """Fit the gate on preference pairs; returns the per-epoch log (loss, accuracy).
 
@@ -33,9 +37,14 @@ def train_gate(
     that is a handful of steps, so the embedded default config raises ``epochs``).
 
     Args:
-        prompt_features: [n, d] prompt-only features of each pair.
+        prompt_features: [n, d] prompt-only features of each pair: a tensor, or rows read on
+            demand (a :class:`~distrm.features.store.StoredFeatures` view from
+            ``extract(..., stream=True)``, an ``np.memmap``, an array). Then the input
+            standardisation is fitted over blocks of ``block_rows`` rows and each minibatch
+            reads its own rows (sorted, from the memory-mapped shards), so memory does not grow
+            with n; the minibatches and steps are those of the in-memory path.
         mean_chosen / mean_rejected: [n, M] per-attribute distribution means (heads frozen,
-            verbosity-debiased if enabled).
+            verbosity-debiased if enabled; small: compute them over blocks of reward rows).
     """
     n = prompt_features.shape[0]
     if n == 0:
@@ -49,9 +58,17 @@ def train_gate(
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     diff = (mean_chosen - mean_rejected).float()
-    feats = prompt_features.float()
-    with torch.no_grad():
+    in_memory = isinstance(prompt_features, torch.Tensor)
+    if in_memory:
+        feats = prompt_features.float()
         mean, scale = standardizer(feats)
+    else:
+        mean, scale = block_standardizer(prompt_features, block_rows, dtype=torch.float32)
+
+    def rows(idx: torch.Tensor) -> torch.Tensor:
+        return feats[idx] if in_memory else take_rows(prompt_features, idx, torch.float32)
+
+    with torch.no_grad():
         gate.input_mean.copy_(mean)
         gate.input_scale.copy_(scale)
     log: list[dict] = []
@@ -64,7 +81,7 @@ def train_gate(
             idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             if idx.numel() < 2 and n >= 2:  # BatchNorm needs two rows; fold a lone row in
                 idx = perm[-2:]
-            w = gate(feats[idx])
+            w = gate(rows(idx))
             margin = (w * diff[idx]).sum(-1)
             loss = -F.logsigmoid(gate.log_scale.exp() * margin).mean()
             opt.zero_grad()

@@ -153,6 +153,16 @@ def start_run(cfg: Any) -> tuple[Path, dict[str, Any]]:
     return out, {"config": dataclasses.asdict(cfg), "timings_s": {}}
 
 
+def record_training_prompts(model: Any, *record_lists: Any) -> None:
+    """What every ``distrm train`` model type does before saving: record the prompts of its
+    training data (the records of the training split it fits on) in ``config.json``
+    (``training_prompts``), so ``distrm eval pairs`` can count, and drop, evaluation pairs
+    whose prompt the model has seen, without the training data at hand."""
+    from distrm.data.splits import pack_prompt_digests
+
+    model.config.training_prompts = pack_prompt_digests(*record_lists)
+
+
 def _report_dict(rep) -> dict:
     if isinstance(rep, dict):
         return rep
@@ -262,7 +272,7 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
 
     bc = cfg.backbone
     backbone = Backbone.from_pretrained(bc.name, device=bc.device, dtype=bc.dtype, max_length=bc.max_length)
-    kw = dict(store=bc.store, batch_size=bc.batch_size, progress=cfg.progress)
+    kw = dict(store=bc.store, store_dtype=bc.store_dtype, batch_size=bc.batch_size, progress=cfg.progress)
     t0 = time.perf_counter()
     rated_feats = extract(backbone, targets.prompts, targets.responses, **kw)
     pair_c = extract(backbone, [p.prompt for p in pairs], [p.chosen for p in pairs], **kw)
@@ -381,6 +391,7 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
             "agrees with shorter-wins on %.3f of pairs of unequal length",
             rep["n_pairs"], rep["accuracy"], log.get("train_pair_accuracy", float("nan")), rep["longer_wins_accuracy"],
             rep["agreement_with_shorter_wins"])
+    record_training_prompts(model, rated, pairs)
     model.save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log, indent=2, default=str) + "\n", encoding="utf-8")
     logger.info("saved model to %s", out)

@@ -70,7 +70,7 @@ def train_quantile_ensemble(cfg: TrainConfig) -> QuantileEnsembleRewardModel:
     from distrm.features import extract
     from distrm.features.backbones import Backbone
     from distrm.heads.ensemble import BootstrapQuantileHeads
-    from distrm.training.qrm import build_targets, load_rated_training_data, pair_report, start_run
+    from distrm.training.qrm import build_targets, load_rated_training_data, pair_report, record_training_prompts, start_run
 
     qc, hc = cfg.quantile_ensemble, cfg.heads
     seed = qc.seed if qc.seed is not None else cfg.seed
@@ -89,7 +89,7 @@ def train_quantile_ensemble(cfg: TrainConfig) -> QuantileEnsembleRewardModel:
 
     bc = cfg.backbone
     backbone = Backbone.from_pretrained(bc.name, device=bc.device, dtype=bc.dtype, max_length=bc.max_length)
-    kw = dict(store=bc.store, batch_size=bc.batch_size, progress=cfg.progress)
+    kw = dict(store=bc.store, store_dtype=bc.store_dtype, batch_size=bc.batch_size, progress=cfg.progress)
     t0 = time.perf_counter()
     X = torch.as_tensor(np.asarray(extract(backbone, targets.prompts, targets.responses, **kw).reward), dtype=torch.float64)
     log["timings_s"]["features"] = time.perf_counter() - t0
@@ -132,6 +132,7 @@ def train_quantile_ensemble(cfg: TrainConfig) -> QuantileEnsembleRewardModel:
         log["timings_s"]["pairs"] = time.perf_counter() - t0
         logger.info("pairs (training split, not fitted on): mean-reward accuracy %.3f vs longer-wins %.3f",
                     rep["accuracy"], rep["longer_wins_accuracy"])
+    record_training_prompts(model, rated)
     model.save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log, indent=2, default=str) + "\n", encoding="utf-8")
     logger.info("saved quantile ensemble to %s", out)
