@@ -238,11 +238,13 @@ def test_prompt_lookup_in_extra_info(ref, model_dir):
     as_numpy = {"prompt": np.array(msgs, dtype=object)}  # how pandas hands back a parquet list column
     assert math.isclose(dv.compute_score("s", resp, None, as_numpy, model=str(model_dir))["score"], want, rel_tol=1e-9)
     assert math.isclose(dv.compute_score("s", resp, None, {"raw_prompt": msgs}, model=str(model_dir))["score"], want, rel_tol=1e-9)
+    # features are computed afresh on every call (RewardModel.score keeps no cache), so two float32
+    # backbone forwards of the same text may differ in the last bits: compare at float32 precision
     plain = float(ref.score(["Is the earth flat?"], [resp]).reward.mean()[0])
     got = dv.compute_score("s", resp, None, {"question": "Is the earth flat?"}, model=str(model_dir))["score"]
-    assert math.isclose(got, plain, rel_tol=1e-9)
+    assert math.isclose(got, plain, rel_tol=1e-5)
     got = dv.compute_score("s", resp, None, {"q": "Is the earth flat?", "prompt": msgs}, model=str(model_dir), prompt_key="q")["score"]
-    assert math.isclose(got, plain, rel_tol=1e-9)
+    assert math.isclose(got, plain, rel_tol=1e-5)
     with pytest.raises(KeyError, match="extra_info\\['prompt'\\]"):
         dv.compute_score("s", resp, None, {"split": "train", "index": 0}, model=str(model_dir))
     with pytest.raises(KeyError, match="no prompt"):
