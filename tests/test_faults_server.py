@@ -191,6 +191,17 @@ def test_abandoned_request_stops_consuming_cpu(big_server) -> None:
     assert r.status_code == 200 and r.json()["n_ok"] == 1
 
 
+def _read_until_closed(s: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends on ``s`` until it closes the connection, and how long that took; closes ``s``."""
+    t0 = time.monotonic()
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    waited = time.monotonic() - t0
+    s.close()
+    return data, waited
+
+
 def test_idle_connection_is_closed(server) -> None:
     url, _ = server
     s = socket.create_connection(_hostport(url))
@@ -198,15 +209,7 @@ def test_idle_connection_is_closed(server) -> None:
     s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     data = s.recv(65536)
     assert data.startswith(b"HTTP/1.1 200")
-    t0 = time.monotonic()
-    rest = b""
-    while True:  # read until the server closes the connection
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    waited = time.monotonic() - t0
-    s.close()
+    _, waited = _read_until_closed(s)
     print(f"\nidle keep-alive connection closed after {waited:.2f} s (timeout {IDLE_S} s)")
     assert IDLE_S * 0.5 <= waited < IDLE_S + 2
 
@@ -264,15 +267,7 @@ def test_slow_body_gets_408(server) -> None:
     s = socket.create_connection(_hostport(url))
     s.settimeout(BODY_S + 10)
     s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"items\": [")
-    t0 = time.monotonic()
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    waited = time.monotonic() - t0
-    s.close()
+    data, waited = _read_until_closed(s)
     status_line = data.split(b"\r\n", 1)[0]
     print(f"\nstalled body answered after {waited:.2f} s: {status_line!r}")
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
