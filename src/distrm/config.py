@@ -53,6 +53,16 @@ class BackboneConfig:
     # dtype the feature store keeps (features are read back as float32): bfloat16/float16 halve
     # the disk and page cache at paper scale; part of the store key (float32 stores stay valid)
     store_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # train (model: qrm) from memory-mapped store views read in row blocks instead of whole
+    # matrices. null = automatic: stream when (rated items + 3 x pairs) x d x 8 bytes exceeds
+    # 2 GiB -- the float64 copies the in-memory path makes of the rated, chosen, rejected and
+    # prompt features (600k pairs x 4096 would be ~60 GB); true / false force it
+    stream: bool | None = None
+    stream_block_rows: int = 8192  # rows per read when streaming (memory: a block x d floats)
+
+    def __post_init__(self) -> None:
+        if self.stream_block_rows < 1:
+            raise ValueError(f"stream_block_rows must be >= 1, got {self.stream_block_rows}")
 
 
 @dataclass

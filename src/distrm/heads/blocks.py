@@ -14,7 +14,7 @@ results equal the in-memory path's up to float rounding (sums taken in a differe
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -56,6 +56,57 @@ def row_blocks(X: Any, block_rows: int, rows: Any = None, dtype: torch.dtype = t
                       else torch.from_numpy(np.array(b)).to(dtype))
         else:
             yield s, take_rows(X, rows[s : s + block_rows], dtype)
+
+
+def select_rows(X: Any, rows: Any) -> Any:
+    """Rows ``rows`` of ``X``: indexed as usual for a tensor or array (a copy), a
+    :class:`RowSubset` (nothing read) for a row source."""
+    return RowSubset(X, rows) if is_row_source(X) else X[rows]
+
+
+def map_row_blocks(fn: Callable[..., Any], *sources: Any, block_rows: int = DEFAULT_BLOCK_ROWS,
+                   dtype: torch.dtype = torch.float32) -> Any:
+    """``fn(rows, *blocks)`` over the rows of ``sources`` (all with the same rows; ``None`` is
+    passed as ``None``), the results (a tensor, or a tuple of tensors) concatenated along the
+    rows. ``rows`` is the slice of the rows a call gets, for per-row side data (texts). With a
+    row source among ``sources`` the calls go block by block, each block a ``dtype`` tensor, so
+    row-wise work (head predictions, gate weights, scores) over a streamed store keeps memory at
+    one block; without one ``fn`` gets the inputs as given, in one call (the in-memory path)."""
+    n = next(len(s) for s in sources if s is not None)
+    if not any(is_row_source(s) for s in sources if s is not None):
+        return fn(slice(0, n), *sources)
+    outs = []
+    for s in range(0, n, block_rows):
+        rows = slice(s, min(s + block_rows, n))
+        blocks = [None if X is None else take_rows(X, np.arange(rows.start, rows.stop), dtype) for X in sources]
+        outs.append(fn(rows, *blocks))
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outs))
+    return torch.cat(outs)
+
+
+class RowSubset:
+    """Rows ``rows`` of a row source, itself a row source: ``S[sel]`` reads rows ``rows[sel]``
+    of the source, nothing before. What the training and validation pairs of a streamed store
+    are handed on as (indexing the store view itself would read them all at once)."""
+
+    def __init__(self, X: Any, rows: Any) -> None:
+        self.X = X
+        self.rows = np.asarray(rows.cpu().numpy() if isinstance(rows, torch.Tensor) else rows, dtype=np.int64)
+        self.shape = (len(self.rows), int(X.shape[1]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        return self.X[self.rows[key]]
+
+    def blocks(self, block_rows: int = DEFAULT_BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows)`` over consecutive blocks of at most ``block_rows`` rows."""
+        for s, b in row_blocks(self, block_rows, dtype=torch.float32):
+            yield s, b.numpy()
 
 
 def block_standardizer(X: Any, block_rows: int, rows: Any = None, dtype: torch.dtype = torch.float64

@@ -4,6 +4,13 @@ Every stage is resumable: features come from the on-disk feature store (a killed
 extraction resumes shard by shard), fitted heads are checkpointed under
 ``output_dir/checkpoints`` keyed by a fingerprint of (backbone, heads config, targets), so
 a rerun after a crash in the gate stage does not refit them.
+
+Streaming (``backbone.stream``; automatic above :data:`STREAM_AUTO_BYTES`): the features stay
+in the store as :class:`~distrm.features.store.StoredFeatures` views; the heads and the gate
+read them in row blocks, and every per-pair quantity (attribute means for the debias and the
+gate, train and validation accuracy) is computed block by block with
+:func:`~distrm.heads.blocks.map_row_blocks`, so memory is a block and the d x d solver state,
+not the data. The in-memory path runs the same code with the whole tensors as one block.
 """
 
 from __future__ import annotations
@@ -29,10 +36,14 @@ from distrm.distribution import default_levels
 from distrm.heads.gate import GatingNetwork
 from distrm.training.gate import train_gate
 from distrm.heads.baselines import RidgeHeads
+from distrm.heads.blocks import DEFAULT_BLOCK_ROWS, is_row_source, map_row_blocks, select_rows
 from distrm.heads.quantile import QuantileHeads, QuantileHeadsCV
 from distrm.models.qrm import DistributionalRewardModel, ModelConfig
 
 logger = logging.getLogger(__name__)
+
+# backbone.stream: null streams above this many bytes of float64 features (see the config field)
+STREAM_AUTO_BYTES = 2 << 30
 
 
 @dataclass
@@ -179,8 +190,10 @@ def _cap_per_source(records, cap: int):
     return out
 
 
-def fit_heads(cfg: TrainConfig, X: torch.Tensor, t: AttributeTargets, ckpt_dir: Path, backbone_id: str):
-    """Fit (or reload from checkpoint) the attribute heads.
+def fit_heads(cfg: TrainConfig, X: Any, t: AttributeTargets, ckpt_dir: Path, backbone_id: str):
+    """Fit (or reload from checkpoint) the attribute heads on ``X`` [n_items, d]: a float64
+    tensor, or a row source (a streamed store view) the quantile heads read in blocks of
+    ``backbone.stream_block_rows``.
 
     Returns (coef [M,K,d], intercept [M,K], levels, report): ``report`` has one row per
     attribute (chosen alpha, held-out pinball loss of the heads and of the marginal model,
@@ -199,7 +212,7 @@ def fit_heads(cfg: TrainConfig, X: torch.Tensor, t: AttributeTargets, ckpt_dir: 
     if hc.kind == "quantile":
         levels = default_levels(hc.n_levels, torch.float64)
         common = dict(levels=levels, standardize=hc.standardize, solver=hc.solver, device=hc.device, tol=hc.tol,
-                      max_iter=hc.max_iter)
+                      max_iter=hc.max_iter, block_rows=cfg.backbone.stream_block_rows if is_row_source(X) else None)
         if hc.alpha is None:
             cv_levels = None if hc.cv_levels is None else default_levels(hc.cv_levels, torch.float64)
             heads = QuantileHeadsCV(n_alphas=hc.n_alphas, alpha_min_ratio=hc.alpha_min_ratio, cv=hc.cv_folds,
@@ -213,6 +226,10 @@ def fit_heads(cfg: TrainConfig, X: torch.Tensor, t: AttributeTargets, ckpt_dir: 
         coef, intercept, lv = heads.coef_.double().cpu(), heads.intercept_.double().cpu(), levels
     elif hc.kind == "ridge":
         rep = t.weight.astype(np.int64)  # back to one row per rater: ridge fits their mean
+        if is_row_source(X):  # RidgeHeads solves on the rows in memory (the baseline, not the paper-scale path)
+            logger.info("heads: kind=ridge reads the %d x %d rated features into memory (streaming covers quantile "
+                        "heads, the debias and the gate)", *X.shape)
+            X = torch.as_tensor(np.asarray(X), dtype=torch.float64)
         heads = RidgeHeads(seed=cfg.seed).fit(
             X, np.repeat(t.y, rep), attribute=np.repeat(t.attribute, rep), index=np.repeat(t.index, rep), n_attributes=M
         )
@@ -233,6 +250,20 @@ def fit_heads(cfg: TrainConfig, X: torch.Tensor, t: AttributeTargets, ckpt_dir: 
     tmp.replace(path)
     tmp_r.replace(report_path)
     return coef, intercept, (lv.tolist() if lv is not None else None), report
+
+
+def should_stream(setting: bool | None, rated_reward: Any, n_pairs: int) -> bool:
+    """``backbone.stream``: forced by true / false; null streams when the float64 copies the
+    in-memory path would make (rated items + chosen, rejected and prompt features of every pair)
+    exceed :data:`STREAM_AUTO_BYTES`. Arrays (no store to stream from) are never streamed."""
+    if not is_row_source(rated_reward):
+        if setting:
+            logger.warning("backbone.stream=true but the features are not in a store: training in memory")
+        return False
+    if setting is not None:
+        return bool(setting)
+    n, d = rated_reward.shape
+    return (n + 3 * n_pairs) * d * 8 > STREAM_AUTO_BYTES
 
 
 def format_heads_report(report: list[dict]) -> str:
@@ -272,15 +303,26 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
 
     bc = cfg.backbone
     backbone = Backbone.from_pretrained(bc.name, device=bc.device, dtype=bc.dtype, max_length=bc.max_length)
-    kw = dict(store=bc.store, store_dtype=bc.store_dtype, batch_size=bc.batch_size, progress=cfg.progress)
+    # views first (nothing read yet): whether to stream depends on d
+    kw = dict(store=bc.store, store_dtype=bc.store_dtype, batch_size=bc.batch_size, progress=cfg.progress, stream=True)
     t0 = time.perf_counter()
     rated_feats = extract(backbone, targets.prompts, targets.responses, **kw)
     pair_c = extract(backbone, [p.prompt for p in pairs], [p.chosen for p in pairs], **kw)
     pair_r = extract(backbone, [p.prompt for p in pairs], [p.rejected for p in pairs], **kw)
     log["timings_s"]["features"] = time.perf_counter() - t0
+    stream = should_stream(bc.stream, rated_feats.reward, len(pairs))
+    log["streamed"] = stream
+    B = bc.stream_block_rows
+    if stream:
+        logger.info("features: streamed from the store in blocks of %d rows (backbone.stream=%s)", B, bc.stream)
+        X, Rc_all, Rr_all, Pc_all = rated_feats.reward, pair_c.reward, pair_r.reward, pair_c.prompt
+    else:
+        X = torch.as_tensor(np.asarray(rated_feats.reward), dtype=torch.float64)
+        Rc_all = torch.as_tensor(np.asarray(pair_c.reward))
+        Rr_all = torch.as_tensor(np.asarray(pair_r.reward))
+        Pc_all = torch.as_tensor(np.asarray(pair_c.prompt))
 
     t0 = time.perf_counter()
-    X = torch.as_tensor(np.asarray(rated_feats.reward), dtype=torch.float64)
     coef, intercept, levels, heads_report = fit_heads(cfg, X, targets, out / "checkpoints", backbone.identity)
     log["timings_s"]["heads"] = time.perf_counter() - t0
     log["heads"] = heads_report
@@ -341,24 +383,24 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
         raise ValueError(f"gate.kind must be 'learned' or 'fixed', got {gc.kind!r}")
     model = DistributionalRewardModel(mcfg, coef, intercept, gate=gate, backbone=backbone)
 
-    Rc_all = torch.as_tensor(np.asarray(pair_c.reward))
-    Rr_all = torch.as_tensor(np.asarray(pair_r.reward))
-    Pc_all = torch.as_tensor(np.asarray(pair_c.prompt))
     # held-out pairs for the report: whole prompts, an independent hash of the training side
     val = np.array([is_test(p.prompt, gc.val_fraction, salt="distrm-gate-validation") for p in pairs], dtype=bool)
     if val.sum() < 20 or (~val).sum() < 2:
         val[:] = False
     tr_idx, va_idx = np.nonzero(~val)[0], np.nonzero(val)[0]
-    Rc, Rr, Pc = Rc_all[tr_idx], Rr_all[tr_idx], Pc_all[tr_idx]
+    Rc, Rr, Pc = (select_rows(F, tr_idx) for F in (Rc_all, Rr_all, Pc_all))
     chosen_txt = [pairs[i].chosen for i in tr_idx]
     rejected_txt = [pairs[i].rejected for i in tr_idx]
+
+    def attribute_means(R, texts: list[str]) -> torch.Tensor:
+        """[n, M] attribute distribution means of reward features ``R`` (in row blocks)."""
+        return map_row_blocks(lambda rows, b: model.attribute_distribution(b, texts[rows]).mean(), R, block_rows=B)
+
     log["data"]["gate_pairs"] = {"train": len(tr_idx), "validation": len(va_idx)}
     if dc.enabled and len(tr_idx):
         # debias on raw attribute means of the training pairs, chosen and rejected pooled
         model.debias = torch.zeros(M, dtype=torch.float64)
-        raw = torch.cat(
-            [model.attribute_distribution(Rc, chosen_txt).mean(), model.attribute_distribution(Rr, rejected_txt).mean()]
-        )
+        raw = torch.cat([attribute_means(Rc, chosen_txt), attribute_means(Rr, rejected_txt)])
         if dc.source == "length":
             v, vi = length_signal(chosen_txt + rejected_txt), None
         elif dc.source in targets.attributes:
@@ -374,17 +416,18 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
     if gate is not None:
         if not len(tr_idx):
             raise ValueError("a learned gate needs preference pairs (or use gate.kind=fixed)")
-        mc = model.attribute_distribution(Rc, chosen_txt).mean()
-        mr = model.attribute_distribution(Rr, rejected_txt).mean()
-        log["gate"] = train_gate(gate, Pc.float(), mc, mr, gc, seed=cfg.seed, progress=cfg.progress)
+        mc, mr = attribute_means(Rc, chosen_txt), attribute_means(Rr, rejected_txt)
+        log["gate"] = train_gate(gate, Pc if stream else Pc.float(), mc, mr, gc, seed=cfg.seed, progress=cfg.progress,
+                                 block_rows=B)
         model.gate = gate.eval()
     log["timings_s"]["gate"] = time.perf_counter() - t0
     if len(tr_idx):
-        s = model.score_features(Rc, Pc, chosen_txt).mean - model.score_features(Rr, Pc, rejected_txt).mean
+        s = map_row_blocks(lambda rows, c, r, p: model.score_features(c, p, chosen_txt[rows]).mean
+                           - model.score_features(r, p, rejected_txt[rows]).mean, Rc, Rr, Pc, block_rows=B)
         log["train_pair_accuracy"] = float((s > 0).double().mean())
     if len(va_idx):
         vp = [pairs[i] for i in va_idx]
-        rep = pair_report(model, Rc_all[va_idx], Rr_all[va_idx], Pc_all[va_idx], vp)
+        rep = pair_report(model, *(select_rows(F, va_idx) for F in (Rc_all, Rr_all, Pc_all)), vp, block_rows=B)
         log["validation"] = rep
         logger.info(
             "gate: held-out pairs (%d, whole prompts): mixture accuracy %.3f (train %.3f) vs longer-wins %.3f; "
@@ -398,12 +441,14 @@ def train(cfg: TrainConfig) -> DistributionalRewardModel:
     return model
 
 
-def pair_report(model: DistributionalRewardModel, Rc: torch.Tensor, Rr: torch.Tensor, Pc: torch.Tensor,
-                pairs: list[PreferencePair]) -> dict:
+def pair_report(model: DistributionalRewardModel, Rc: Any, Rr: Any, Pc: Any, pairs: list[PreferencePair],
+                block_rows: int = DEFAULT_BLOCK_ROWS) -> dict:
     """Held-out pair accuracy of the mixture mean beside the length heuristics (a tie counts
-    as wrong, as in RewardBench), and how often the model agrees with "the shorter wins"."""
-    sc = model.score_features(Rc, Pc, [p.chosen for p in pairs]).mean
-    sr = model.score_features(Rr, Pc, [p.rejected for p in pairs]).mean
+    as wrong, as in RewardBench), and how often the model agrees with "the shorter wins".
+    Features: tensors, or row sources scored in blocks of ``block_rows`` rows."""
+    sc, sr = map_row_blocks(lambda rows, c, r, p: (model.score_features(c, p, [q.chosen for q in pairs[rows]]).mean,
+                                                   model.score_features(r, p, [q.rejected for q in pairs[rows]]).mean),
+                            Rc, Rr, Pc, block_rows=block_rows)
     lc = np.array([len(p.chosen.split()) for p in pairs])
     lr = np.array([len(p.rejected.split()) for p in pairs])
     pick_chosen = (sc > sr).numpy()
