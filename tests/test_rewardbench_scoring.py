@@ -58,6 +58,8 @@ from distrm.eval.pairs import (
     best_of_n_credit,
     format_leaderboards,
     load_rewardbench_file,
+    rewardbench2_cis,
+    rewardbench2_replicates,
     run_pairs,
     summarize,
     summarize_rewardbench2,
@@ -356,6 +358,67 @@ def test_ties_hand_computed_from_05a9005():
         ties_score([("ref-0", 1, [1.0, 0.0])])
 
 
+def _bon(sub: str, i: int, n_ok: int = 1, n_bad: int = 3, rid: str | None = None) -> BestOfN:
+    return BestOfN("p", tuple(f"c{j}" for j in range(n_ok)), tuple(f"r{j}" for j in range(n_bad)), "rb2", rid or f"{sub}-{i}", sub)
+
+
+def test_rewardbench2_cis_exact_when_every_item_wins_or_loses():
+    """Every Math item a strict win, every Focus item a loss: no resample can move either, nor
+    their mean."""
+    items = [_bon("Math", i) for i in range(7)] + [_bon("Focus", i) for i in range(5)]
+    scores = [[2.0, 1.0, 0.0, 1.5]] * 7 + [[0.0, 1.0, 0.5, 0.2]] * 5
+    ci = rewardbench2_cis(items, scores, n_boot=300)
+    assert ci["subsets"] == {"Math": [1.0, 1.0], "Focus": [0.0, 0.0]}
+    assert ci["score"] == [0.5, 0.5] and (ci["n_boot"], ci["seed"], ci["level"]) == (300, 0, 0.95)
+
+
+def test_rewardbench2_cis_mixed_credit_seeded():
+    """Wins, losses and ties at the top (credit 1/2, 1/4): each interval holds its score, has
+    width, is the same on a second call with the same seed and moves with another seed."""
+    rng = np.random.default_rng(5)
+    items, scores = _v2_items(rng, n=30, discrete=True)
+    point = summarize_rewardbench2(items, scores)
+    a = rewardbench2_cis(items, scores, n_boot=400, seed=1)
+    assert set(a["subsets"]) == set(REWARDBENCH2_SUBSETS)
+    for sub, (lo, hi) in a["subsets"].items():
+        assert lo <= point["subsets"][sub]["accuracy"] <= hi and hi - lo > 0.05, sub
+    assert a["score"][0] <= point["score"] <= a["score"][1] and a["score"][1] > a["score"][0]
+    # the overall interval is narrower than its subsets' (six independent resamples averaged)
+    assert a["score"][1] - a["score"][0] < min(hi - lo for lo, hi in a["subsets"].values())
+    assert rewardbench2_cis(items, scores, n_boot=400, seed=1) == a
+    assert rewardbench2_cis(items, scores, n_boot=400, seed=2)["subsets"] != a["subsets"]
+    # outside Ties a replicate is a mean of item credits drawn with replacement: a multiple of 1/(4n)
+    reps = rewardbench2_replicates(items, scores, n_boot=50, seed=1)
+    credits = {best_of_n_credit(s) for it, s in zip(items, scores) if it.subset == "Math"}
+    assert credits >= {0.0, 1.0} and credits & {0.5, 1 / 3, 0.25}
+    assert np.allclose(reps["Math"] * 30 * 12, np.round(reps["Math"] * 30 * 12))
+
+
+def test_rewardbench2_ties_resamples_whole_prompts():
+    """Three Ties prompts, each a ref and a tied version whose margin terms only exist
+    together. Every replicate must be the Ties score of some multiset of whole prompts, each
+    drawn copy a prompt of its own: resampling rows would pair one prompt's ref with another's
+    tied version (or drop one), and a copy sharing its original id would merge into it."""
+    ref = {0: [3.0, 1.0, 0.0], 1: [1.0, 2.0, 0.0], 2: [5.0, 0.5, 0.4]}  # accurate, wrong, accurate
+    tied = {0: [2.0, 1.0, 0.5], 1: [4.0, 1.0, 2.0], 2: [6.0, 5.5, 1.0]}  # margins vs spreads differ per prompt
+    items, scores = [], []
+    for k in ref:
+        items += [_bon("Ties", 0, 1, 2, f"ref:{k}"), _bon("Ties", 0, 2, 1, f"tied:{k}")]
+        scores += [ref[k], tied[k]]
+    point = summarize_rewardbench2(items, scores)["subsets"]["Ties"]["accuracy"]
+    possible = set()
+    for a in range(4):
+        for b in range(4 - a):
+            drawn = [0] * a + [1] * b + [2] * (3 - a - b)
+            rows = [(f"{t}:{j}", n, (ref if t == "ref" else tied)[k]) for j, k in enumerate(drawn) for t, n in (("ref", 1), ("tied", 2))]
+            possible.add(round(ties_score(rows)["accuracy"], 12))
+    reps = rewardbench2_replicates(items, scores, n_boot=500, seed=0)["Ties"]
+    assert {round(float(r), 12) for r in reps} <= possible and len(set(reps)) > 3
+    ci = rewardbench2_cis(items, scores, n_boot=500, seed=0)
+    assert ci["subsets"]["Ties"][0] <= point <= ci["subsets"]["Ties"][1]
+    assert ci["score"] == ci["subsets"]["Ties"]  # the only subset
+
+
 def _write_v2(path: Path, items: list[BestOfN], scores: list[list[float]]) -> None:
     """RewardBench 2 rows whose reply lengths are the given (integer) scores."""
     rows = []
@@ -401,6 +464,40 @@ def test_v2_file_through_eval_pairs_cli(upstream, tmp_path, capsys, suffix):
         assert got["sections"][sub]["accuracy"] == pytest.approx(v, abs=1e-12)
     assert got["overall"] == pytest.approx(np.mean(list(want.values())), abs=1e-12)
     assert res["leaderboards"]["RewardBench 2"]["columns"] == ["Score", *REWARDBENCH2_SUBSETS]
+
+
+def test_v2_intervals_through_eval_pairs_cli(tmp_path, capsys):
+    """``distrm eval pairs`` on a RewardBench 2 file prints each score's interval (main table
+    and leaderboard) and writes it to the JSON, with --bootstrap / --seed."""
+    from distrm.cli import main
+    from distrm.eval.pairs import _pct_ci
+
+    rng = np.random.default_rng(4)
+    items, _ = _v2_items(rng, n=10)
+    scores = [(rng.choice(np.arange(2, 60), len(it.completions), replace=False) if it.subset == "Ties" else rng.integers(2, 6, len(it.completions))).tolist()
+              for it in items]  # fmt: skip
+    _write_v2(tmp_path / "rb2.jsonl", items, scores)
+    args = ["eval", "pairs", "--sets", "none", "--file", str(tmp_path / "rb2.jsonl"), "--bootstrap", "200", "--seed", "3"]
+    assert main([*args, "--output-dir", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((tmp_path / "o" / "pairs.json").read_text())
+    got = res["rows"][-1]["result"]
+    rb2 = got["rewardbench2"]
+    assert (rb2["ci"]["n_boot"], rb2["ci"]["seed"]) == (200, 3) and set(rb2["ci"]["subsets"]) == set(REWARDBENCH2_SUBSETS)
+    loaded = load_rewardbench2(tmp_path / "rb2.jsonl").records
+    lengths = [[float(len(t)) for t in it.completions] for it in loaded]
+    assert rb2["ci"] == json.loads(json.dumps(rewardbench2_cis(loaded, lengths, n_boot=200, seed=3)))
+    assert got["ci"]["overall"] == rb2["ci"]["score"] and got["ci"]["sections"] == rb2["ci"]["subsets"]
+    board = res["leaderboards"]["RewardBench 2"]["rows"][-1]
+    assert board["ci"]["Score"] == rb2["ci"]["score"] and board["ci"]["Ties"] == rb2["ci"]["subsets"]["Ties"]
+    score_cell = _pct_ci(rb2["score"], rb2["ci"]["score"])
+    assert "[" in score_cell and printed.count(score_cell) >= 2  # the main table's Overall and the leaderboard's Score
+    for sub in REWARDBENCH2_SUBSETS:
+        assert _pct_ci(rb2["subsets"][sub]["accuracy"], rb2["ci"]["subsets"][sub]) in printed, sub
+    assert "95% percentile bootstrap interval, 200 resamples of each subset's items (Ties: whole prompts)" in printed
+    # the same seed: the same intervals on a second run
+    assert main([*args, "--output-dir", str(tmp_path / "o2")]) == 0
+    assert json.loads((tmp_path / "o2" / "pairs.json").read_text())["rows"][-1]["result"]["rewardbench2"]["ci"] == rb2["ci"]
 
 
 def test_v2_loader_checks_and_forced_format(tmp_path):
@@ -467,6 +564,11 @@ def test_models_score_every_format(tmp_path, monkeypatch):
     files = [str(tmp_path / f) for f in ("rb.jsonl", "anthropic_hhh.jsonl", "rb2.jsonl")]
     res = run_pairs([str(tmp_path / "m")], sets=[], files=files, risks=["cvar:alpha=0.25"], n_examples=2, log=lambda s: None)
     assert res["weighting"] == "rewardbench" and set(res["leaderboards"]) == {"RewardBench", "RewardBench prior sets", "RewardBench 2"}
+    # with pairs present RewardBench 2 is printed in its leaderboard only: its intervals are there
+    assert all(r["ci"]["Score"] for r in res["leaderboards"]["RewardBench 2"]["rows"])
+    boards = format_leaderboards(res["leaderboards"])
+    assert "(score % [95% percentile bootstrap interval, 1000 resamples of each subset's items (Ties: whole prompts)])" in boards
+    assert "(score % [95% percentile bootstrap interval, 1000 resamples of each subset's pairs])" in boards  # RewardBench v1
     assert any(isinstance(p, list) for p in seen)  # message-list prompts went to the model as messages
     model = common.load_any_model(tmp_path / "m")
     loaded = load_rewardbench2(tmp_path / "rb2.jsonl").records
@@ -479,5 +581,7 @@ def test_models_score_every_format(tmp_path, monkeypatch):
         flat = risk_scores(out.reward, row["risk"])
         ends = np.cumsum([len(it.completions) for it in loaded])
         direct = np.split(flat, ends[:-1])
-        assert row["result"]["rewardbench2"] == summarize_rewardbench2(loaded, direct)
+        rb2 = dict(row["result"]["rewardbench2"])
+        assert rb2.pop("ci") == rewardbench2_cis(loaded, direct)  # the pairs' --bootstrap / --seed defaults
+        assert rb2 == summarize_rewardbench2(loaded, direct)
         assert PRIOR_SECTION in row["result"]["sections"]

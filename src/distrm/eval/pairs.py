@@ -50,7 +50,7 @@ from distrm.data.rewardbench import (
     parse_ties_id,
 )
 from distrm.distribution import RewardDistribution
-from distrm.eval.metrics import BOOTSTRAP_RESAMPLES, CI_LEVEL, auroc_with_ci, percentile_ci
+from distrm.eval.metrics import BOOTSTRAP_RESAMPLES, CI_LEVEL, auroc_with_ci, bootstrap_counts, percentile_ci
 from distrm.risk import parse_risk
 
 logger = logging.getLogger(__name__)
@@ -253,6 +253,7 @@ def accuracy_cis(per_subset: dict[str, Counts], weighting: str, n_boot: int = BO
         "n_boot": n_boot,
         "seed": seed,
         "method": "percentile bootstrap, pairs resampled within each subset",
+        "resampled": "each subset's pairs",
     }
 
 
@@ -418,12 +419,10 @@ def ties_score(rows: Iterable[tuple[str, int, Sequence[float]]]) -> dict[str, An
     }  # fmt: skip
 
 
-def summarize_rewardbench2(items: Sequence[BestOfN], scores: Sequence[Sequence[float] | np.ndarray]) -> dict[str, Any]:
-    """Per-subset and overall RewardBench 2 scores (``scripts/run_v2.py``): ``scores[i]`` are
-    item i's reply scores in the order of ``items[i].completions`` (chosen first). Ties gets
-    :func:`ties_score`, every other subset the mean of :func:`best_of_n_credit`; the score is
-    the mean of the subsets present. Per subset, ``correct`` counts strict wins and ``ties``
-    the items whose first correct reply ties for the top (worth 1/k each)."""
+def rewardbench2_subsets(items: Sequence[BestOfN], scores: Sequence[Sequence[float] | np.ndarray]) -> dict[str, list[int]]:
+    """The items' indices per RewardBench 2 subset (the official subsets first, in their
+    order), after checking that ``scores[i]`` holds one score per reply of ``items[i]`` and no
+    NaN (which would silently count as a loss)."""
     if len(items) != len(scores):
         raise ValueError(f"{len(items)} items but scores for {len(scores)}")
     by_subset: dict[str, list[int]] = {}
@@ -435,9 +434,17 @@ def summarize_rewardbench2(items: Sequence[BestOfN], scores: Sequence[Sequence[f
             raise ValueError("NaN score: refusing to count it as a win or a loss")
         by_subset.setdefault(it.subset, []).append(i)
     order = [s for s in REWARDBENCH2_SUBSETS if s in by_subset] + sorted(set(by_subset) - set(REWARDBENCH2_SUBSETS))
+    return {s: by_subset[s] for s in order}
+
+
+def summarize_rewardbench2(items: Sequence[BestOfN], scores: Sequence[Sequence[float] | np.ndarray]) -> dict[str, Any]:
+    """Per-subset and overall RewardBench 2 scores (``scripts/run_v2.py``): ``scores[i]`` are
+    item i's reply scores in the order of ``items[i].completions`` (chosen first). Ties gets
+    :func:`ties_score`, every other subset the mean of :func:`best_of_n_credit`; the score is
+    the mean of the subsets present. Per subset, ``correct`` counts strict wins and ``ties``
+    the items whose first correct reply ties for the top (worth 1/k each)."""
     subsets: dict[str, dict[str, Any]] = {}
-    for sub in order:
-        idx = by_subset[sub]
+    for sub, idx in rewardbench2_subsets(items, scores).items():
         if is_ties_subset(sub):
             subsets[sub] = ties_score((items[i].id, items[i].num_correct, scores[i]) for i in idx)
         else:
@@ -459,10 +466,65 @@ def summarize_rewardbench2(items: Sequence[BestOfN], scores: Sequence[Sequence[f
     }
 
 
+def rewardbench2_replicates(items: Sequence[BestOfN], scores: Sequence[Sequence[float] | np.ndarray],
+                            n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, np.ndarray]:
+    """[n_boot] bootstrap replicates of each RewardBench 2 subset's score, for
+    :func:`rewardbench2_cis`.
+
+    Items are resampled with replacement within each subset (a benchmark fixes its subsets'
+    sizes, and the overall score weighs them equally). Outside Ties an item's worth is its
+    own credit (:func:`best_of_n_credit`), so a replicate is the credits weighted by how often
+    each item is drawn (:func:`~distrm.eval.metrics.bootstrap_counts`). Ties scores prompts,
+    not rows: its margin terms compare a prompt's ``ref`` version with its ``tied`` one, so
+    whole prompts are drawn (both versions together; a prompt drawn twice enters twice, under
+    a fresh id, as two prompts would, not merged into one) and :func:`ties_score` is
+    recomputed on each resample. ``numpy.random.default_rng(seed)``: the same replicates on
+    every run."""
+    rng = np.random.default_rng(seed)
+    reps: dict[str, np.ndarray] = {}
+    for sub, idx in rewardbench2_subsets(items, scores).items():
+        if is_ties_subset(sub):
+            prompts: dict[int, list[tuple[str, int, Sequence[float]]]] = {}
+            for i in idx:
+                typ, pid = parse_ties_id(items[i].id)
+                prompts.setdefault(pid, []).append((typ, items[i].num_correct, scores[i]))
+            units = list(prompts.values())
+            r = []
+            for counts in bootstrap_counts(len(units), n_boot, rng):
+                drawn = np.repeat(np.arange(len(units)), counts)  # the j-th prompt drawn gets id j
+                r.append(ties_score((f"{typ}:{j}", k, sc) for j, u in enumerate(drawn) for typ, k, sc in units[u])["accuracy"])
+            reps[sub] = np.array(r)
+        else:
+            credit = np.array([best_of_n_credit(scores[i]) for i in idx])
+            reps[sub] = bootstrap_counts(len(idx), n_boot, rng) @ credit / len(idx)
+    return reps
+
+
+def rewardbench2_cis(items: Sequence[BestOfN], scores: Sequence[Sequence[float] | np.ndarray], n_boot: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = 0, level: float = CI_LEVEL) -> dict[str, Any]:
+    """Percentile bootstrap intervals of every score :func:`summarize_rewardbench2` reports:
+    each subset and the overall score, the mean of the subsets present recomputed on every
+    resample (:func:`rewardbench2_replicates`: items resampled within each subset, whole
+    prompts in Ties; seeded, so the same intervals on every run). The pairs' accuracies get
+    theirs from :func:`accuracy_cis`; a RewardBench 2 score is not a pair count, so it is
+    resampled by its own items."""
+    reps = rewardbench2_replicates(items, scores, n_boot, seed)
+    return {
+        "subsets": {sub: percentile_ci(r, level) for sub, r in reps.items()},
+        "score": percentile_ci(np.mean(list(reps.values()), axis=0), level) if reps else None,
+        "level": level,
+        "n_boot": n_boot,
+        "seed": seed,
+        "method": "percentile bootstrap, items resampled within each subset (Ties: whole prompts)",
+        "resampled": "each subset's items (Ties: whole prompts)",
+    }
+
+
 def rewardbench2_as_result(rb2: dict[str, Any]) -> dict[str, Any]:
     """A RewardBench 2 summary in the shape of :func:`summarize`'s result (each subset a
-    section), for tables and the report when a run has no pairs."""
-    return {
+    section, its interval from ``rb2["ci"]`` when there is one), for tables and the report
+    when a run has no pairs."""
+    out = {
         "weighting": "rewardbench2",
         "subsets": rb2["subsets"],
         "sections": {s: {**{k: v[k] for k in ("correct", "ties", "total", "accuracy")}, "subsets": [s]} for s, v in rb2["subsets"].items()},
@@ -471,20 +533,36 @@ def rewardbench2_as_result(rb2: dict[str, Any]) -> dict[str, Any]:
         "missing_rewardbench_subsets": [],
         "rewardbench2": rb2,
     }
+    if rb2.get("ci"):
+        ci = rb2["ci"]
+        out["ci"] = {**ci, "sections": ci["subsets"], "overall": ci["score"]}
+    return out
+
+
+def _ci_at(res: dict[str, Any], *keys: str) -> list[float] | None:
+    """The interval at ``res["ci"][keys...]``, None where the result has none."""
+    c = res.get("ci") or {}
+    for k in keys:
+        c = c.get(k) if isinstance(c, dict) else None
+    return c
 
 
 def leaderboards(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The official leaderboards' tables for the rows that have them: RewardBench (Score,
     the four sections, Prior Sets), the prior sets one by one, RewardBench 2 (Score and its
-    six subsets). Values are fractions; ``columns`` fixes the order."""
+    six subsets). Values are fractions, ``ci`` their bootstrap intervals where the result has
+    them (:func:`accuracy_cis`, :func:`rewardbench2_cis`); ``columns`` fixes the order."""
     out: dict[str, dict[str, Any]] = {}
     v1 = [r for r in rows if r["result"].get("weighting") == "rewardbench"]
     if v1:
         secs = [s for s in [*REWARDBENCH_SECTIONS, PRIOR_SECTION] if any(s in r["result"]["sections"] for r in v1)]
+        interval_v1 = next((_interval_note(r["result"]["ci"]) for r in v1 if r["result"].get("ci")), None)
         out["RewardBench"] = {
             "columns": ["Score", *secs],
-            "rows": [{"name": r["name"], "values": {"Score": r["result"]["overall"], **{s: r["result"]["sections"].get(s, {}).get("accuracy") for s in secs}}} for r in v1],
-        }
+            "rows": [{"name": r["name"], "values": {"Score": r["result"]["overall"], **{s: r["result"]["sections"].get(s, {}).get("accuracy") for s in secs}},
+                      "ci": {"Score": _ci_at(r["result"], "overall"), **{s: _ci_at(r["result"], "sections", s) for s in secs}}} for r in v1],
+            "interval": interval_v1,
+        }  # fmt: skip
         prior = [s for s in PRIOR_SETS if any(s in r["result"]["subsets"] for r in v1)]
         if prior:
             out["RewardBench prior sets"] = {
@@ -492,9 +570,11 @@ def leaderboards(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "labels": {s: SUBSET_NAME_TO_PAPER_READY[s] for s in prior},
                 "rows": [
                     {"name": r["name"], "values": {PRIOR_SECTION: r["result"]["sections"].get(PRIOR_SECTION, {}).get("accuracy"),
-                                                   **{s: r["result"]["subsets"].get(s, {}).get("accuracy") for s in prior}}}
+                                                   **{s: r["result"]["subsets"].get(s, {}).get("accuracy") for s in prior}},
+                     "ci": {PRIOR_SECTION: _ci_at(r["result"], "sections", PRIOR_SECTION), **{s: _ci_at(r["result"], "subsets", s) for s in prior}}}
                     for r in v1
                 ],
+                "interval": interval_v1,
             }  # fmt: skip
     v2 = [r for r in rows if r["result"].get("rewardbench2")]
     if v2:
@@ -503,30 +583,41 @@ def leaderboards(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "columns": ["Score", *subs],
             "rows": [
                 {"name": r["name"], "values": {"Score": r["result"]["rewardbench2"]["score"],
-                                               **{s: r["result"]["rewardbench2"]["subsets"].get(s, {}).get("accuracy") for s in subs}}}
+                                               **{s: r["result"]["rewardbench2"]["subsets"].get(s, {}).get("accuracy") for s in subs}},
+                 "ci": {"Score": _ci_at(r["result"]["rewardbench2"], "score"), **{s: _ci_at(r["result"]["rewardbench2"], "subsets", s) for s in subs}}}
                 for r in v2
             ],
             "missing_subsets": v2[0]["result"]["rewardbench2"]["missing_subsets"],
+            "interval": next((_interval_note(r["result"]["rewardbench2"]["ci"]) for r in v2 if r["result"]["rewardbench2"].get("ci")), None),
         }  # fmt: skip
     return out
 
 
 def format_leaderboards(boards: dict[str, dict[str, Any]]) -> str:
-    """Text tables of :func:`leaderboards`, percentages like the leaderboards show them."""
+    """Text tables of :func:`leaderboards`, percentages like the leaderboards show them, each
+    with its bootstrap interval in brackets where there is one."""
     parts = []
     for title, b in boards.items():
         cols, rows = b["columns"], b["rows"]
         w = max(24, max(len(r["name"]) for r in rows) + 2)
         labels = [b.get("labels", {}).get(c, c) for c in cols]
-        cw = [max(10, len(lbl) + 2) for lbl in labels]
+        cells = [[_pct_ci(r["values"].get(c), r.get("ci", {}).get(c)) for c in cols] for r in rows]
+        cw = [max(10, len(lbl) + 2, *(len(row[j]) + 3 for row in cells)) for j, lbl in enumerate(labels)]
         lines = [title, f"{'':{w}}" + "".join(f"{lbl:>{n}}" for lbl, n in zip(labels, cw))]
-        for r in rows:
-            vals = [r["values"].get(c) for c in cols]
-            lines.append(f"{r['name']:{w}}" + "".join(f"{'-' if v is None or np.isnan(v) else f'{100 * v:.1f}':>{n}}" for v, n in zip(vals, cw)))
+        lines += [f"{r['name']:{w}}" + "".join(f"{v:>{n}}" for v, n in zip(row, cw)) for r, row in zip(rows, cells)]
         if b.get("missing_subsets"):
             lines.append(f"(missing subsets, left out of the score: {', '.join(b['missing_subsets'])})")
+        if b.get("interval") and any(c for r in rows for c in r.get("ci", {}).values()):
+            lines.append(f"(score % [{b['interval']}])")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def _interval_note(ci: dict[str, Any]) -> str:
+    """What the bracketed intervals are, from an :func:`accuracy_cis` /
+    :func:`rewardbench2_cis` result: ``95% percentile bootstrap interval, 1000 resamples of
+    each subset's pairs``."""
+    return f"{100 * ci['level']:g}% percentile bootstrap interval, {ci['n_boot']} resamples of {ci['resampled']}"
 
 
 def _pct_ci(acc: float, ci: Sequence[float] | None) -> str:
@@ -545,15 +636,9 @@ def format_table(rows: list[dict[str, Any]], subsets: Sequence[str] | None = Non
     subs = list(subsets if subsets is not None else rows[0]["result"]["subsets"])
     w = max(24, max(len(r["name"]) for r in rows) + 2)
 
-    def ci(res: dict[str, Any], *keys: str) -> Any:
-        c = res.get("ci") or {}
-        for k in keys:
-            c = c.get(k) if isinstance(c, dict) else None
-        return c
-
     head = [
-        [_pct_ci(r["result"]["sections"][s]["accuracy"], ci(r["result"], "sections", s)) for s in secs]
-        + [_pct_ci(r["result"]["overall"], ci(r["result"], "overall"))]
+        [_pct_ci(r["result"]["sections"][s]["accuracy"], _ci_at(r["result"], "sections", s)) for s in secs]
+        + [_pct_ci(r["result"]["overall"], _ci_at(r["result"], "overall"))]
         for r in rows
     ]
     cols = [*secs, "Overall"]
@@ -566,7 +651,7 @@ def format_table(rows: list[dict[str, Any]], subsets: Sequence[str] | None = Non
         row = []
         for r in rows:
             c = r["result"]["subsets"].get(s)
-            row.append(f"{c['correct']}/{c['total']} ({_pct_ci(c['accuracy'], ci(r['result'], 'subsets', s))})" if c else "-")
+            row.append(f"{c['correct']}/{c['total']} ({_pct_ci(c['accuracy'], _ci_at(r['result'], 'subsets', s))})" if c else "-")
         cells.append(row)
     sw = max([len("subset"), *(len(s) for s in subs)]) + 2
     cw2 = [max(len(r["name"]), *(len(c[j]) for c in cells)) + 3 if cells else len(r["name"]) + 3 for j, r in enumerate(rows)]
@@ -577,11 +662,10 @@ def format_table(rows: list[dict[str, Any]], subsets: Sequence[str] | None = Non
             lines.append(f"{'  ties':{sw}}" + "".join(f"{r['result']['subsets'].get(s, {}).get('ties', 0):>{n}}" for r, n in zip(rows, cw2)))
     cis = [r["result"]["ci"] for r in rows if r["result"].get("ci")]
     if cis:
-        lines.append(f"(accuracy % [{100 * cis[0]['level']:g}% percentile bootstrap interval, {cis[0]['n_boot']} resamples "
-                     "of each subset's pairs])")
+        lines.append(f"(accuracy % [{_interval_note(cis[0])}])")
         if any(c and c[0] == c[1] for ci_ in cis for c in ci_["subsets"].values()):
-            lines.append("(a zero-width interval: every pair of that subset right, or every one wrong; the bootstrap "
-                         "cannot see beyond its sample)")
+            lines.append("(a zero-width interval: every pair or item of that subset right, or every one wrong; the "
+                         "bootstrap cannot see beyond its sample)")
     return "\n".join(lines)
 
 
@@ -892,7 +976,8 @@ def run_pairs(
     """Evaluate models (and the length heuristic) on shared sets and RewardBench-format files
     (RewardBench, its prior sets, RewardBench 2: ``file_format``, detected per file by default).
 
-    Every accuracy gets a bootstrap interval (:func:`accuracy_cis`), every model's
+    Every accuracy gets a bootstrap interval (:func:`accuracy_cis`; RewardBench 2 scores
+    :func:`rewardbench2_cis`, in ``rewardbench2["ci"]``, same ``n_boot`` and ``seed``), every model's
     uncertainties their AUROC for its wrong decisions (:func:`uncertainty_report`); per set
     the data say what was skipped, empty or identical (:func:`pair_hygiene`) and how many
     pairs share a prompt with each model's recorded training prompts
@@ -965,7 +1050,11 @@ def run_pairs(
     bounds = np.cumsum([0] + [len(it.completions) for it in items])
 
     def result(sc: np.ndarray | None, sr: np.ndarray | None, sb: np.ndarray | None) -> dict[str, Any]:
-        rb2 = summarize_rewardbench2(items, [sb[bounds[i] : bounds[i + 1]] for i in range(len(items))]) if items else None
+        rb2 = None
+        if items:
+            per_item = [sb[bounds[i] : bounds[i + 1]] for i in range(len(items))]
+            rb2 = summarize_rewardbench2(items, per_item)
+            rb2["ci"] = rewardbench2_cis(items, per_item, n_boot=n_boot, seed=seed)
         if not pairs:
             return rewardbench2_as_result(rb2)
         counts = evaluate_scores(pairs, set_names, sc, sr)
