@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
 
 def eval_pairs(targs: argparse.Namespace, backbone: str) -> tuple[list, list[str], dict[str, str]]:
     """The evaluation pairs exactly as table1.run_backbone builds them, and subset -> set name."""
-    base = t1._cfg(targs, backbone, "quantile", 0)
+    base = t1._cfg(targs, backbone, "QRM", 0)
     srcs, _, tf = pe.training_sources(dataclasses.asdict(base), targs.data_dir)
     psets = [pe.cap_pairs(pe.load_shared_set(n, targs.data_dir, srcs, tf), targs.max_eval_pairs) for n in pe.SHARED_PAIR_SETS]
     pairs = [p for ps in psets for p in ps.pairs]
@@ -109,7 +109,7 @@ def eval_features(targs: argparse.Namespace, backbone: str, ev_pairs: list) -> t
     from distrm.features.backbones import Backbone
     from distrm.features import extract
 
-    base = t1._cfg(targs, backbone, "quantile", 0)
+    base = t1._cfg(targs, backbone, "QRM", 0)
     bb = Backbone.from_pretrained(backbone, max_length=base.backbone.max_length, dtype=base.backbone.dtype)
     kw = dict(store=targs.store, batch_size=targs.batch_size, progress=False)
     prompts = [p.prompt for p in ev_pairs]
@@ -125,26 +125,6 @@ def rm_head_scores(targs: argparse.Namespace, backbone: str, ev_pairs: list) -> 
     w = load_head(backbone).double()
     fc, fr = eval_features(targs, backbone, ev_pairs)
     return (fc @ w.T)[:, 0].numpy(), (fr @ w.T)[:, 0].numpy()
-
-
-def dpl_results(targs: argparse.Namespace, backbone: str, ev_pairs: list, ev_sets: list[str], seeds: list[int]) -> dict[str, Any]:
-    """The DPL heads (``distrm train`` with ``model: dpl``: the training pairs of the QRM rows, the
-    L2 one BT head picks by CV) ranked by their mean, one model per seed."""
-    from distrm.training.dpl import train_dpl
-
-    fc, fr = eval_features(targs, backbone, ev_pairs)
-    res: dict[str, Any] = {}
-    for head, name in DPL_HEADS.items():
-        res[name] = {}
-        for s in seeds:
-            cfg = t1._cfg(targs, backbone, "quantile", s)
-            cfg.model, cfg.dpl.head, cfg.output_dir = "dpl", head, f"{targs.runs}/{backbone}/dpl-{head}/seed{s}"
-            model = train_dpl(cfg)
-            oc, orj = model.score_features(fc), model.score_features(fr)
-            res[name][s] = {"pairs": t1.pair_summary(ev_pairs, ev_sets, oc.mean.numpy(), orj.mean.numpy()),
-                            "mean_sd_chosen": float(oc.reward.std().mean())}  # fmt: skip
-            print(f"[{backbone}] {name} seed {s}: overall {100 * res[name][s]['pairs']['overall']:.1f}")
-    return res
 
 
 def _ms(v: list[float]) -> str:
@@ -208,44 +188,29 @@ def targets(rows: list[dict[str, Any]], tuned: list[str], raw: list[str]) -> dic
 def main(argv: list[str] | None = None) -> int:
     args, targs = parse_args(argv)
     seeds = [int(s) for s in targs.seeds.split(",")]
-    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    log: dict[str, Any] = {"data": {}, "timings": {}, "finetune": {}}
-    results: dict[str, Any] = {}
-    sub2set: dict[str, str] = {}
+    run = [b.strip() for b in args.backbones.split(",") if b.strip()]
     t_all = time.perf_counter()
-    if args.reaggregate:
-        old = json.loads(Path(args.out).read_text())
-        log, results, backbones = old["log"], old["per_seed"], old["backbones"]
-        sub2set = eval_pairs(targs, backbones[0])[2]
-    kept: dict[str, Any] = {}
-    if args.update and not args.reaggregate and Path(args.out).is_file():
-        old = json.loads(Path(args.out).read_text())
-        kept = {b: old["per_seed"][b] for b in old["backbones"] if b not in backbones}
-        for k in ("data", "timings", "finetune"):
-            log[k].update({b: v for b, v in old["log"].get(k, {}).items() if b in kept})
-    for bb in [] if args.reaggregate else backbones:
+    results, log, backbones, old = t1.previous_results(args.out, run, args.update, args.reaggregate, ("data", "timings", "finetune"))
+    sub2set = eval_pairs(targs, backbones[0])[2]  # the evaluation pairs do not depend on the backbone
+    for bb in [] if args.reaggregate else run:
         print(f"=== {bb}", flush=True)
-        res = t1.run_backbone(targs, bb, seeds, log)
-        ev_pairs, ev_sets, s2s = eval_pairs(targs, bb)
-        sub2set.update(s2s)
-        if not args.no_dpl:
-            res.update(dpl_results(targs, bb, ev_pairs, ev_sets, seeds))
+        rows = [r for r in METHODS if r in t1.ROWS and not (args.no_dpl and r in DPL_HEADS.values())]
+        res = t1.run_backbone(targs, bb, seeds, log, rows)
+        ev_pairs, ev_sets, _ = eval_pairs(targs, bb)
         info = finetune_info(bb, ev_pairs)
         if info is not None:
             log["finetune"][bb] = info
             if info["finetune_prompt_overlap"]:
                 raise RuntimeError(f"{bb}: {info['finetune_prompt_overlap']} evaluation pairs share a prompt with its fine-tuning data")
             sc, sr = rm_head_scores(targs, bb, ev_pairs)
-            res["RM head (fine-tuned)"] = {s: {"pairs": t1.pair_summary(ev_pairs, ev_sets, sc, sr)} for s in seeds}
+            res["RM head (fine-tuned)"] = {s: {"pairs": pe.summarize(pe.evaluate_scores(ev_pairs, ev_sets, sc, sr), "plain")} for s in seeds}
         results[bb] = res
-    results.update(kept)
-    backbones = [*kept, *backbones] if kept else backbones
     tuned = [b for b in backbones if b in log["finetune"]]
     raw = [b for b in backbones if b not in log["finetune"]]
     results = {b: results[b] for b in raw + tuned}  # raw rows first in the table
     rows, md = table(results, sub2set)
     tg = targets(rows, tuned, raw)
-    caps = {"max_train_rows_per_source": targs.max_train_rows, "max_eval_pairs_per_set": targs.max_eval_pairs,
+    caps = old["caps"] if args.reaggregate else {"max_train_rows_per_source": targs.max_train_rows, "max_eval_pairs_per_set": targs.max_eval_pairs,
             "max_cal_items_per_set": targs.max_cal_items, "gate_epochs": targs.gate_epochs, "dtype": targs.dtype}  # fmt: skip
     note = ("Pairwise accuracy in % on each shared evaluation set (held-out split for sets used in training, whole "
             "LLMBar / Auto-J), ties wrong; mean ± std over seeds " + str(seeds) + " (BT head and RM head are deterministic). "

@@ -73,7 +73,7 @@ def main() -> int:
     # table1's own config builder: the ensemble config with table1's caps, store and dtype
     targs = argparse.Namespace(store=args.store, batch_size=16, runs="runs/table1", max_train_rows=args.max_train_rows,
                                gate_epochs=None, data_dir=args.data_dir, dtype=args.dtype)  # fmt: skip
-    cfg = table1._cfg(targs, args.backbone, "ensemble", args.seed)
+    cfg = table1._cfg(targs, args.backbone, "BT ensemble (10)", args.seed)
     ec = cfg.ensemble
     _, train, reports = load_training_data(cfg)
     srcs = {p.source for p in train}

@@ -382,7 +382,28 @@ def table1_section(res: dict[str, Any]) -> str:
         parts.append(f"<p class='note'>{_esc(res['note'])}</p>")
     if md:
         parts.append(markdown_table_to_html(md))
+    if res.get("claims_markdown"):
+        parts.append(markdown_blocks_to_html(res["claims_markdown"]))
     return "".join(parts)
+
+
+def markdown_blocks_to_html(md: str) -> str:
+    """The small markdown table1.py writes for its claims: '## ' headings, pipe tables, and
+    paragraphs with **bold**, *italic* and `code` (escaped first, then marked up)."""
+    import re
+
+    out = []
+    for block in re.split(r"\n\s*\n", md.strip()):
+        if block.lstrip().startswith("|"):
+            out.append(markdown_table_to_html(block))
+        elif block.startswith("## "):
+            out.append(f"<h3>{_esc(block[3:].strip())}</h3>")
+        else:
+            html = _esc(block)
+            for pat, tag in ((r"\*\*(.+?)\*\*", "b"), (r"\*(.+?)\*", "i"), (r"`(.+?)`", "code")):
+                html = re.sub(pat, rf"<{tag}>\1</{tag}>", html)
+            out.append(f"<p class='note'>{html}</p>")
+    return "".join(out)
 
 
 def markdown_table_to_html(md: str) -> str:
