@@ -518,12 +518,16 @@ def check_claims(per_seed: dict[str, dict[str, dict[int, Any]]], set_of_pair: di
                 r.update(a=float(np.mean(xa)), diff=float(np.mean(xa)), seed_spread=float(np.std(xa)), ci95_pairs=None, scale=1.0,
                          groups=sign_test([v > 0 for v in g.values()], [v < 0 for v in g.values()]))  # fmt: skip
             else:  # "less": a calibration metric of A vs B
-                xa = _seed_values(A, lambda e: e.get("calibration", {}).get(c["metric"]))
-                xb = _seed_values(B, lambda e: e.get("calibration", {}).get(c["metric"]))
+                ga, gb = group_means(A, c["metric"]), group_means(B, c["metric"])
+                common = sorted(set(ga) & set(gb))  # a QRM may leave out attributes the baseline keeps
+
+                def over_common(e: dict[str, Any]) -> float | None:
+                    v = [e["calibration_groups"][g][c["metric"]] for g in common if g in e.get("calibration_groups", {})]
+                    return float(np.mean(v)) if v else None
+
+                xa, xb = _seed_values(A, over_common), _seed_values(B, over_common)
                 if not xa or not xb:
                     continue
-                ga, gb = group_means(A, c["metric"]), group_means(B, c["metric"])
-                common = sorted(set(ga) & set(gb))
                 r.update(a=float(np.mean(xa)), b=float(np.mean(xb)), diff=float(np.mean(xa) - np.mean(xb)),
                          seed_spread=float(np.hypot(np.std(xa), np.std(xb))), ci95_pairs=None, scale=1.0,
                          groups=sign_test([ga[k] < gb[k] for k in common], [ga[k] > gb[k] for k in common]))  # fmt: skip
@@ -555,6 +559,8 @@ def claims_markdown(checked: list[dict[str, Any]]) -> str:
             ci = f"[{r['ci95_pairs'][0] * k:+{f}}, {r['ci95_pairs'][1] * k:+{f}}]" if r.get("ci95_pairs") else "-"
             g = r.get("groups")
             detail = f"A better in {g['better']}/{g['n']} groups (sign test p {g['p_better']:.3g})" if g else ""
+            if r["test"] == "less":
+                detail += "; means over the groups both rows predict"
             b = f"{r['b'] * k:{f}}" if "b" in r else "-"
             lines.append(f"| {r['backbone']} | {r['a'] * k:{f}} | {b} | {r['diff'] * k:+{f}} | {r['seed_spread'] * k:{f}} | "
                          f"{ratio:.1f} | {ci} | {detail} | {r['verdict']} |")
@@ -578,7 +584,8 @@ def previous_results(out: str | Path, backbones: list[str], update: bool, reaggr
             raise FileNotFoundError(f"--reaggregate needs an earlier run's {out}")
         return {}, log, backbones, None
     old = json.loads(Path(out).read_text(encoding="utf-8"))
-    keep = old["backbones"] if reaggregate else [b for b in old["backbones"] if b not in backbones]
+    done = [b for b in old["backbones"] if b in old["per_seed"]]  # a stopped run lists backbones it did not finish
+    keep = done if reaggregate else [b for b in done if b not in backbones]
     for k in log_keys:
         log[k].update({b: v for b, v in old["log"].get(k, {}).items() if b in keep})
     results = _seed_keys_to_int({b: old["per_seed"][b] for b in keep})
