@@ -23,7 +23,6 @@ with them (``finetune_prompt_overlap`` in the JSON must be 0).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -64,9 +63,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
 
 def eval_pairs(targs: argparse.Namespace, backbone: str) -> tuple[list, list[str], dict[str, str]]:
     """The evaluation pairs exactly as table1.run_backbone builds them, and subset -> set name."""
-    base = t1._cfg(targs, backbone, "QRM", 0)
-    srcs, _, tf = pe.training_sources(dataclasses.asdict(base), targs.data_dir)
-    psets = [pe.cap_pairs(pe.load_shared_set(n, targs.data_dir, srcs, tf), targs.max_eval_pairs) for n in pe.SHARED_PAIR_SETS]
+    psets = t1.eval_pair_sets(targs, t1._cfg(targs, backbone, "QRM", 0))[0]
     pairs = [p for ps in psets for p in ps.pairs]
     names = [ps.name for ps in psets for _ in ps.pairs]
     sub2set = {pe.subset_name(p, n): n for p, n in zip(pairs, names)}

@@ -219,12 +219,18 @@ def _tensor(feats: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(feats)).double()
 
 
+def eval_pair_sets(args: argparse.Namespace, base: TrainConfig) -> tuple[list, set[str], float]:
+    """Every shared evaluation set (held-out split of the sets ``base`` trains on, a seeded
+    sample of at most ``--max-eval-pairs``), the training prompts' hashes and the test fraction."""
+    srcs, hashes, tf = pe.training_sources(dataclasses.asdict(base), args.data_dir)
+    return [pe.cap_pairs(pe.load_shared_set(n, args.data_dir, srcs, tf), args.max_eval_pairs) for n in SETS], hashes, tf
+
+
 def load_eval(args: argparse.Namespace, backbone: str, bb: Any, log: dict[str, Any]) -> EvalData:
     from distrm.features import extract
 
     base = _cfg(args, backbone, "QRM", 0)
-    srcs, hashes, tf = pe.training_sources(dataclasses.asdict(base), args.data_dir)
-    psets = [pe.cap_pairs(pe.load_shared_set(n, args.data_dir, srcs, tf), args.max_eval_pairs) for n in SETS]
+    psets, hashes, tf = eval_pair_sets(args, base)
     items, cal_info = cal.load_items(list(cal.CALIBRATION_SETS.values()), args.data_dir, tf, args.max_cal_items)
     pairs = [p for ps in psets for p in ps.pairs]
     log["data"][backbone] = {
@@ -286,7 +292,7 @@ def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log:
     from distrm.features import extract
     from distrm.features.backbones import Backbone
     from distrm.heads.baselines import BTHeadCV
-    from distrm.training.qrm import build_targets, load_training_data
+    from distrm.training.qrm import load_training_data
 
     rows = list(ROWS) if rows is None else rows
     timings: dict[str, float] = {}
@@ -298,6 +304,7 @@ def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log:
     timings["eval_data_and_features_s"] = time.perf_counter() - t0
     kw = dict(store=args.store, batch_size=args.batch_size, progress=True)
     res: dict[str, dict[int, Any]] = {r: {} for r in rows}
+    baseline = None  # ridge + Gaussian, the ridge+gate row's calibration
     for row in rows:
         if ROWS[row] is None:
             continue
@@ -308,15 +315,12 @@ def run_backbone(args: argparse.Namespace, backbone: str, seeds: list[int], log:
             if row == "ridge+gate":  # calibration: ridge + Gaussian residual spread (the point-estimate baseline)
                 oc, orj = score_pairs(ev, model)
                 entry = {"pairs": pair_entry(ev, oc.mean.numpy(), orj.mean.numpy())}
-                rated, _, _ = load_training_data(_cfg(args, backbone, row, s))
-                t = build_targets(rated)
-                Xtr = _tensor(extract(bb, t.prompts, t.responses, **kw).reward)
-                b = cal.GaussianRidgeBaseline(seed=0).fit(Xtr, t.index, t.attribute, t.y, t.attributes)
-                keep = np.array([a in b.attributes_ for a in ev.items.attributes], bool)
-                idx = np.nonzero(keep)[0]
-                d = b.predict(ev.cal[torch.as_tensor(idx)], [ev.items.attributes[i] for i in idx], cal.baseline_levels(model))
+                if baseline is None:  # the same training rows for every seed: fitted once
+                    baseline = cal.fit_baseline(model, dataclasses.asdict(_cfg(args, backbone, row, s)), args.data_dir,
+                                                args.store, args.batch_size)
+                d, keep = cal.baseline_distribution(baseline, ev.cal, ev.items, cal.baseline_levels(model))
                 entry.update(rating_calibration(d, ev.items, keep))
-                entry["gaussian_sigma"] = dict(zip(b.attributes_, b.sigma_.tolist()))
+                entry["gaussian_sigma"] = dict(zip(baseline.attributes_, baseline.sigma_.tolist()))
             else:
                 entry = distribution_entry(ev, model, attrs=row in RATING_ROWS)
             if row == "BT ensemble (10)":

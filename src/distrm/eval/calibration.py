@@ -132,6 +132,16 @@ def select_attribute(attrs: RewardDistribution, names: Sequence[str], wanted: Se
     return RewardDistribution(values=vals, levels=attrs.levels, kind=attrs.kind), keep
 
 
+def baseline_distribution(baseline: GaussianRidgeBaseline, X: torch.Tensor, items: MultiRaterItems,
+                          levels: torch.Tensor) -> tuple[RewardDistribution, np.ndarray]:
+    """The baseline's distribution of each item's rated attribute (rows [n_kept, K]) and the
+    kept mask: :func:`select_attribute`'s counterpart (attributes it was not fitted on are
+    dropped)."""
+    keep = np.array([a in baseline.attributes_ for a in items.attributes], bool)
+    rows = np.nonzero(keep)[0]
+    return baseline.predict(X[torch.as_tensor(rows)], [items.attributes[i] for i in rows], levels), keep
+
+
 def grouped_metrics(dist: RewardDistribution, items: MultiRaterItems, mask: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
     """Metrics per (source, attribute) group (``seed``: the randomized PIT's V, per group)."""
     idx = np.arange(len(items.raters)) if mask is None else np.nonzero(mask)[0]
@@ -272,10 +282,8 @@ def run_calibration(
     if baseline:
         path, model = loaded[0]
         b = fit_baseline(model, train_cfg, data_dir, store, batch_size)
-        keep = np.array([a in b.attributes_ for a in items.attributes], bool)
         X, _ = common.features(model, items.prompts, items.responses, store, batch_size)
-        rows = np.nonzero(keep)[0]
-        d = b.predict(X[torch.as_tensor(rows)], [items.attributes[i] for i in rows], baseline_levels(model))
+        d, keep = baseline_distribution(b, X, items, baseline_levels(model))
         label = f"ridge+gaussian:{model.describe()['backbone']}"
         results[label] = grouped_metrics(d, items, keep)
         notes[label] = {
